@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Trains a shipped model with the project's own command, then scores it on fresh captchas.
+#   bash benchmarks/train_shipped.sh 6x62 OUT_DIR [MINUTES]   # 6 of 0-9a-zA-Z, 160x60
+#   bash benchmarks/train_shipped.sh 4x36 OUT_DIR [MINUTES]   # 4 of 0-9A-Z, 128x64
+# On a GPU box without TensorFlow it runs on Keras's JAX backend (KERAS_BACKEND=jax);
+# captchas are drawn by every spare core while the GPU trains (--stream-workers).
+set -euo pipefail
+kind=$1; out=$2; minutes=${3:-7}
+workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
+case $kind in
+  6x62) data=(--charset 0-9a-zA-Z --length 6 --width 160 --height 60) ;;
+  4x36) data=(--charset 0-9A-Z --length 4 --width 128 --height 64) ;;
+  *) echo "kind must be 6x62 or 4x36" >&2; exit 2 ;;
+esac
+python3 -m caocrvfy.train "${data[@]}" --stream-workers "$workers" --stream-capacity 600000 \
+  --train-size 20000 --val-size 2000 --steps-per-epoch 800 --batch-size 256 --learning-rate 0.002 \
+  --warmup-epochs 1 --schedule cosine --time-limit "$minutes" --patience 1000 \
+  --filters 64,128,192,256 --dense-units 256 --rnn-units 192 \
+  --cache-dir /tmp/caocrvfy-data --out "$out"
+rm -f "$out/last.keras" "$out/state.json"
+python3 -m caocrvfy generate "${data[@]}" --count 5000 --out "/tmp/caocrvfy-test-$kind" >/dev/null
+python3 -m caocrvfy evaluate --model "$out" --data "/tmp/caocrvfy-test-$kind" --json | tee "$out/test.json"

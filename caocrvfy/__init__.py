@@ -1,0 +1,19 @@
+"""caocrvfy: train Keras models that read text captchas, and use them.
+
+Importing the package registers its Keras objects, so a saved model loads with plain
+`keras.models.load_model(path)`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+__version__ = "0.1.0"
+
+# Captcha-drawing worker processes set this: they need Pillow only, not Keras and TensorFlow.
+if not os.environ.get("CAOCRVFY_DRAWING_WORKER"):
+    from caocrvfy import focal_loss, losses, metrics  # noqa: F401  (registers Keras objects)
+    from caocrvfy.focal_loss import BinaryFocalLoss
+    from caocrvfy.losses import FocalCTCLoss
+
+    __all__ = ["BinaryFocalLoss", "FocalCTCLoss", "__version__"]

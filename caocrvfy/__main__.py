@@ -1,0 +1,5 @@
+import sys
+
+from caocrvfy.cli import main
+
+sys.exit(main())

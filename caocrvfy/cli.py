@@ -1,0 +1,118 @@
+"""The `caocrvfy` command: generate, train, predict, evaluate.
+
+    caocrvfy generate --count 2000 --out data/test-6x62
+    caocrvfy train --train-size 20000 --time-limit 20
+    caocrvfy predict --model models/captcha-6x62 some.png folder/
+    caocrvfy evaluate --model models/captcha-6x62 --data data/test-6x62 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("caocrvfy")
+
+
+def _generate(args) -> int:
+    from caocrvfy.charset import parse_charset
+    from caocrvfy.data import CaptchaSpec, generate
+
+    spec = CaptchaSpec(parse_charset(args.charset), args.length, args.width, args.height)
+    out = args.out or Path("data") / f"captcha-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}"
+    folder = generate(out, args.count, spec, workers=args.workers)
+    print(folder)
+    return 0
+
+
+def _predict(args) -> int:
+    from caocrvfy.predict import Predictor, expand_inputs
+
+    reader = Predictor.load(args.model)
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        log.error("no image files found in the inputs given: name image files or folders of them.")
+        return 2
+    failures = 0
+    for path, prediction, error in reader.predict_files(paths, batch_size=args.batch_size):
+        if error:
+            failures += 1
+            log.error(f"{path}: {error}; skipped")
+            if args.json:
+                print(json.dumps({"file": str(path), "error": error}))
+        elif args.json:
+            print(json.dumps({"file": str(path), "text": prediction.text, "confidence": round(prediction.confidence, 6)}))
+        else:
+            print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}")
+    if failures:
+        log.error(f"{failures} of {len(paths)} file(s) could not be read (listed above)")
+    return 1 if failures == len(paths) else 0
+
+
+def _evaluate(args) -> int:
+    from caocrvfy.predict import Predictor, evaluate_folder
+
+    reader = Predictor.load(args.model)
+    result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case)
+    for item in result["skipped"]:
+        log.warning(f"skipped {item['file']}: {item['reason']}")
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("full_match", "char_accuracy", "count")}))
+    else:
+        print(f"full-match {result['full_match']:.4f}  char accuracy {result['char_accuracy']:.4f}  "
+              f"on {result['count']} images ({len(result['skipped'])} skipped)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="caocrvfy", description="Train and use captcha readers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="make labelled captchas with the captcha library")
+    g.add_argument("--charset", default="0-9a-zA-Z", help="characters, ranges allowed (default 0-9a-zA-Z)")
+    g.add_argument("--length", type=int, default=6, help="characters per captcha (default 6)")
+    g.add_argument("--width", type=int, default=160, help="(default 160)")
+    g.add_argument("--height", type=int, default=60, help="(default 60)")
+    g.add_argument("--count", type=int, default=1000, help="images wanted in the folder (default 1000)")
+    g.add_argument("--out", help="folder (default data/captcha-LxN-WxH); an existing one is topped up")
+    g.add_argument("--workers", type=int, help="processes (default: every CPU core)")
+    g.set_defaults(func=_generate)
+
+    sub.add_parser("train", help="train a model (see `caocrvfy train --help`)", add_help=False)
+
+    g = sub.add_parser("predict", help="read captchas with a saved model")
+    g.add_argument("inputs", nargs="+", help="image files or folders")
+    g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.add_argument("--batch-size", type=int, default=256, help="(default 256)")
+    g.set_defaults(func=_predict)
+
+    g = sub.add_parser("evaluate", help="accuracy on a labelled folder")
+    g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
+    g.add_argument("--data", required=True, help="labelled folder")
+    g.add_argument("--ignore-case", action="store_true", help="compare case-folded")
+    g.add_argument("--json", action="store_true", help="print full_match, char_accuracy and count as JSON")
+    g.set_defaults(func=_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if argv and argv[0] == "train":
+        from caocrvfy.train import main as train_main
+
+        return train_main(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    from caocrvfy.data import DataError
+
+    try:
+        return args.func(args)
+    except DataError as exc:
+        log.error(str(exc))
+        return 2

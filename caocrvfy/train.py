@@ -1,0 +1,393 @@
+"""Train a captcha reader.
+
+    python caocrvfy/train.py --train-size 20000 --time-limit 20      # synthetic 6 x 0-9a-zA-Z
+    python caocrvfy/train.py --data path/to/labelled/folder          # your own captchas
+    python caocrvfy/train.py --resume models/runs/20261123-031500    # carry on after a stop
+
+Writes model.keras (best by validation full-match), config.json, history.csv, curves.png and
+metrics.json into --out (default: a new folder under models/runs/).
+"""
+
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run as a plain script path: make the package importable
+    import sys
+    from pathlib import Path as _Path
+
+    sys.path.insert(0, str(_Path(__file__).resolve().parent.parent))
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("caocrvfy.train")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; saved, resolved, as config.json next to the model."""
+
+    # data
+    data: str | None = None
+    charset: str | None = None
+    length: int = 6
+    width: int = 160
+    height: int = 60
+    channels: int = 1
+    train_size: int = 20_000
+    val_size: int = 2_000
+    val_fraction: float = 0.1
+    ignore_case: bool = False
+    cache_dir: str = str(PROJECT_ROOT / "data")
+    stream_workers: int = 0
+    stream_capacity: int = 200_000
+    steps_per_epoch: int = 0
+    # model
+    head: str = "ctc"
+    filters: tuple[int, ...] = (32, 48, 64, 96)
+    dense_units: int = 192
+    rnn_units: int = 96
+    sequence: str = "gru"
+    stem: str = "conv"
+    attention: bool = True
+    augment: str = "auto"
+    init: str | None = None
+    # optimisation
+    epochs: int = 150
+    batch_size: int = 64
+    learning_rate: float = 0.0012
+    warmup_epochs: float = 2.0
+    use_focal_loss: bool = True
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    label_smoothing: float = 0.0
+    schedule: str = "plateau"
+    patience: int = 35
+    plateau_patience: int = 8
+    plateau_factor: float = 0.5
+    min_learning_rate: float = 1e-6
+    time_limit: float | None = None
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    seed: int = 0
+    # output
+    out: str | None = None
+    resume: str | None = None
+    # resolved at run time
+    resolved: dict = field(default_factory=dict)
+
+
+AUGMENT_BELOW = 5_000  # labelled images; below this augmentation is on unless switched off
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="caocrvfy train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="folder of labelled images (default: synthetic captchas)")
+    g.add_argument("--charset", help="characters, ranges allowed (default: 0-9a-zA-Z for synthetic, "
+                                     "inferred from the labels for --data)")
+    g.add_argument("--length", type=int, default=d.length, help=f"synthetic captcha length (default {d.length})")
+    g.add_argument("--width", type=int, default=d.width, help=f"synthetic image width (default {d.width})")
+    g.add_argument("--height", type=int, default=d.height,
+                   help=f"image height (default {d.height}; for --data: 64, width from the images)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels,
+                   help=f"1 grey or 3 colour (default {d.channels})")
+    g.add_argument("--train-size", type=int, default=d.train_size,
+                   help=f"synthetic training images, cached under --cache-dir (default {d.train_size})")
+    g.add_argument("--val-size", type=int, default=d.val_size,
+                   help=f"synthetic validation images (default {d.val_size})")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help=f"share of --data held out, chosen by file name (default {d.val_fraction})")
+    g.add_argument("--ignore-case", action="store_true", help="fold labels to lower case")
+    g.add_argument("--cache-dir", default=d.cache_dir, help="where synthetic captchas are cached (default data/)")
+    g.add_argument("--stream-workers", type=int, default=d.stream_workers,
+                   help="processes making fresh synthetic captchas during training instead of a cached set "
+                        "(default 0: cached set)")
+    g.add_argument("--stream-capacity", type=int, default=d.stream_capacity,
+                   help=f"images kept in the streaming buffer (default {d.stream_capacity})")
+    g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
+                   help="batches per epoch when streaming (default: train-size / batch-size)")
+    g = p.add_argument_group("model")
+    g.add_argument("--head", choices=("ctc", "softmax", "sigmoid"), default=d.head,
+                   help=f"output head (default {d.head}; sigmoid is the seed's multi-label form)")
+    g.add_argument("--filters", type=lambda s: tuple(int(v) for v in s.split(",")), default=d.filters,
+                   help=f"convolution widths, comma-separated (default {','.join(map(str, d.filters))})")
+    g.add_argument("--dense-units", type=int, default=d.dense_units, help=f"(default {d.dense_units})")
+    g.add_argument("--rnn-units", type=int, default=d.rnn_units, help=f"(default {d.rnn_units})")
+    g.add_argument("--sequence", choices=("gru", "conv"), default=d.sequence,
+                   help=f"CTC sequence layer (default {d.sequence})")
+    g.add_argument("--stem", choices=("conv", "patch"), default=d.stem, help=f"(default {d.stem})")
+    g.add_argument("--no-attention", dest="attention", action="store_false",
+                   help="drop the channel attention after the last convolution")
+    g.add_argument("--augment", choices=("auto", "on", "off"), default=d.augment,
+                   help=f"augmentation (default auto: on below {AUGMENT_BELOW} labelled training images)")
+    g.add_argument("--init", help="start from this trained model (the output layer is rebuilt "
+                                  "when the character set differs)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    g.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"(default {d.learning_rate})")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help=f"(default {d.warmup_epochs})")
+    g.add_argument("--no-focal-loss", dest="use_focal_loss", action="store_false",
+                   help="cross-entropy (or plain CTC) instead of the focal loss")
+    g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help=f"(default {d.focal_gamma})")
+    g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help=f"(default {d.focal_alpha})")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default 0)")
+    g.add_argument("--schedule", choices=("plateau", "cosine"), default=d.schedule,
+                   help="after warmup: ReduceLROnPlateau on validation loss, or cosine decay to the end of "
+                        "--time-limit (or --epochs) (default plateau)")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help=f"early-stopping patience in epochs (default {d.patience})")
+    g.add_argument("--plateau-patience", type=int, default=d.plateau_patience,
+                   help=f"epochs without validation-loss progress before the rate is cut (default {d.plateau_patience})")
+    g.add_argument("--plateau-factor", type=float, default=d.plateau_factor, help=f"(default {d.plateau_factor})")
+    g.add_argument("--time-limit", type=float, help="stop cleanly after this many minutes, keeping the best model")
+    g.add_argument("--jit-compile", action="store_true", help="XLA (slower on a 2-core CPU; see BENCHMARKS.md)")
+    g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
+    g.add_argument("--seed", type=int, default=d.seed, help="(default 0)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="run folder (default: models/runs/<time>)")
+    g.add_argument("--resume", help="run folder of an interrupted training to continue")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        saved = json.loads((Path(args.resume) / "config.json").read_text())
+        saved.pop("resolved", None)
+        cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+        cfg.filters = tuple(cfg.filters)
+        cfg.resume, cfg.out = args.resume, args.resume
+        if args.time_limit is not None:
+            cfg.time_limit = args.time_limit
+        return cfg
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+
+
+def describe_device() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"TensorFlow on {'GPU: ' + ', '.join(g.name for g in gpus) if gpus else 'CPU'}"
+    if backend == "jax":
+        import jax
+
+        return f"JAX on {', '.join(str(d) for d in jax.devices())}"
+    return f"{backend} backend"
+
+
+def _synthetic_cache(cfg: TrainConfig, spec, split: str) -> Path:
+    key = hashlib.sha1(spec.charset.encode()).hexdigest()[:8]
+    return Path(cfg.cache_dir) / f"synthetic-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
+
+
+def load_data(cfg: TrainConfig):
+    """Returns (train, validation, charset, max_length, fixed_length, stream) with the arrays
+    as (uint8 images, 1-based padded indices)."""
+    from caocrvfy import data
+    from caocrvfy.charset import encode_labels, parse_charset
+
+    if cfg.data:
+        charset = parse_charset(cfg.charset) if cfg.charset else None
+        found = data.read_folder(cfg.data, charset=charset, ignore_case=cfg.ignore_case)
+        if found.manifest and not cfg.resolved.get("input_shape"):
+            cfg.height, cfg.width = found.manifest["height"], found.manifest["width"]
+        elif not cfg.resolved.get("input_shape"):
+            cfg.height, cfg.width = data.choose_input_size(found.paths, height=64)
+        images, labels, paths = data.load_images(found, cfg.height, cfg.width, cfg.channels)
+        found.report_skipped()
+        charset = cfg.resolved.get("charset") or found.charset
+        max_length = cfg.resolved.get("max_length") or max(len(s) for s in labels)
+        fixed = len({len(s) for s in labels}) == 1
+        val = np.array([data.is_validation(p.name, cfg.val_fraction) for p in paths])
+        if val.all() or not val.any():  # tiny folders: keep at least one image on each side
+            val = np.zeros(len(paths), bool)
+            val[:: max(2, int(round(1 / max(cfg.val_fraction, 1e-3))))] = True
+        y = encode_labels(labels, charset, max_length)
+        log.info(f"{cfg.data}: {len(paths)} images ({(~val).sum()} train, {val.sum()} validation), "
+                 f"{len(found.skipped)} skipped, lengths {sorted({len(s) for s in labels})}, "
+                 f"character set {charset!r}")
+        return (images[~val], y[~val]), (images[val], y[val]), charset, max_length, fixed, None
+
+    spec = data.CaptchaSpec(parse_charset(cfg.charset or "0-9a-zA-Z"), cfg.length, cfg.width, cfg.height)
+
+    def cached(split: str, count: int):
+        folder = data.generate(_synthetic_cache(cfg, spec, split), count, spec)
+        found = data.read_folder(folder, charset=spec.charset, length=spec.length)
+        chosen = data.LabelledSet(found.root, found.paths[:count], found.labels[:count], spec.charset)
+        images, labels, _ = data.load_images(chosen, cfg.height, cfg.width, cfg.channels, dedupe=False)
+        return images, encode_labels(labels, spec.charset, spec.length)
+
+    validation = cached("val", cfg.val_size)
+    if cfg.stream_workers:
+        stream = data.SyntheticStream(spec, cfg.channels, cfg.stream_capacity, cfg.stream_workers,
+                                      initial=min(cfg.train_size, cfg.stream_capacity))
+        return None, validation, spec.charset, spec.length, True, stream
+    return cached("train", cfg.train_size), validation, spec.charset, spec.length, True, None
+
+
+def transfer_weights(source, target) -> int:
+    """Copies weights layer by layer where names and shapes match; returns how many layers."""
+    copied = 0
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        mine, theirs = layer.get_weights(), other.get_weights()
+        if len(mine) == len(theirs) and all(a.shape == b.shape for a, b in zip(mine, theirs)):
+            layer.set_weights(theirs)
+            copied += 1
+    return copied
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Runs one training and returns the run folder."""
+    import keras
+
+    import caocrvfy  # noqa: F401  (registers the custom objects for loading checkpoints)
+    from caocrvfy import callbacks as cb
+    from caocrvfy.model_enhanced import build_model, compile_model
+    from caocrvfy.pipeline import StreamBatches, make_dataset
+    from caocrvfy.plots import plot_curves
+
+    run_dir = Path(cfg.out or PROJECT_ROOT / "models" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = json.loads((run_dir / "state.json").read_text()) if cfg.resume and (run_dir / "state.json").exists() else {}
+    if cfg.resume and not state:
+        raise SystemExit(f"{run_dir} has no state.json: nothing to resume; start a new training instead.")
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    log.info(f"training on {describe_device()}; run folder {run_dir}")
+
+    train_data, val_data, charset, max_length, fixed, stream = load_data(cfg)
+    input_shape = (cfg.height, cfg.width, cfg.channels)
+    n_train = len(train_data[0]) if train_data else cfg.train_size
+    augment = cfg.augment == "on" or (cfg.augment == "auto" and cfg.data is not None and n_train < AUGMENT_BELOW)
+    head = cfg.head
+    if not fixed and head != "ctc":
+        log.info("labels have different lengths: using the CTC head")
+        head = "ctc"
+    cfg.resolved.update(charset=charset, max_length=max_length, fixed_length=fixed, head=head,
+                        input_shape=list(input_shape), augment=augment, train_images=n_train,
+                        val_images=len(val_data[0]), device=describe_device(),
+                        keras_backend=keras.backend.backend(), keras_version=keras.__version__)
+    steps = cfg.steps_per_epoch or max(1, -(-n_train // cfg.batch_size))
+    cfg.resolved["steps_per_epoch"] = steps
+
+    if state:
+        model = keras.models.load_model(run_dir / "last.keras")
+        initial_epoch = state["epoch"]
+        log.info(f"resuming after epoch {initial_epoch} at learning rate {state['learning_rate']:.2e}")
+    else:
+        model = build_model(input_shape, len(charset), max_length, head, filters=tuple(cfg.filters),
+                            dense_units=cfg.dense_units, rnn_units=cfg.rnn_units, sequence=cfg.sequence,
+                            stem=cfg.stem, attention=cfg.attention, augment=augment)
+        if cfg.init:
+            source = keras.models.load_model(cfg.init, compile=False)
+            log.info(f"initialised {transfer_weights(source, model)} layers from {cfg.init}")
+        # On TensorFlow, XLA is opt-in (slower on a 2-core CPU); JAX without jit runs op by op.
+        jit = cfg.jit_compile if keras.backend.backend() == "tensorflow" else True
+        compile_model(model, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha,
+                      cfg.label_smoothing, jit_compile=jit)
+        initial_epoch = 0
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    log.info(f"model {model.name}: {model.count_params():,} parameters, input {input_shape}, "
+             f"{len(charset)} characters, up to {max_length} per captcha, augmentation {'on' if augment else 'off'}")
+
+    if stream:
+        stream.wait_ready()
+        train_ds = StreamBatches(stream, head, len(charset), cfg.batch_size, steps)
+    else:
+        train_ds = make_dataset(*train_data, head, len(charset), cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val_ds = make_dataset(*val_data, head, len(charset), cfg.batch_size * 2, shuffle=False)
+
+    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=cfg.patience,
+                                      restore_best_weights=True, state=state.get("early_stopping"),
+                                      best_model=run_dir / "model.keras")
+    plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss", factor=cfg.plateau_factor,
+                                            patience=cfg.plateau_patience, min_lr=cfg.min_learning_rate,
+                                            state=state.get("plateau"))
+    warmup_steps = int(cfg.warmup_epochs * steps)
+    schedule = [plateau]
+    if cfg.schedule == "cosine":
+        schedule = [cb.CosineToBudget(cfg.learning_rate, cfg.min_learning_rate, warmup_steps, cfg.epochs, steps,
+                                      cfg.time_limit)]
+    callbacks = [
+        cb.LinearWarmup(cfg.learning_rate, warmup_steps),
+        *schedule,
+        cb.TimeLimit(cfg.time_limit),
+        cb.EpochLog(cfg.epochs),
+        early,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
+        cb.Checkpoints(run_dir, early, plateau, best=state.get("best")),
+    ]
+    interrupted = False
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps if stream else None, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # the pipelines shuffle
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning(f"interrupted: the last finished epoch is saved; continue with --resume {run_dir}")
+    finally:
+        if stream:
+            stream.close()
+
+    if (run_dir / "history.csv").exists():
+        plot_curves(run_dir / "history.csv", run_dir / "curves.png", cfg.warmup_epochs, plateau.reductions)
+    if not (run_dir / "model.keras").exists():
+        raise SystemExit(f"no epoch finished, so {run_dir} holds no model; run again.")
+    # The shipped file keeps weights and architecture only: no optimizer state, a third the size.
+    best = keras.models.load_model(run_dir / "model.keras", compile=False)
+    cb.save_model_atomic(best, run_dir / "model.keras")
+    compile_model(best, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing,
+                  jit_compile=cfg.jit_compile if keras.backend.backend() == "tensorflow" else True)
+    scores = best.evaluate(val_ds, verbose=0, return_dict=True)
+    metrics = {k: float(v) for k, v in scores.items()} | {"count": int(len(val_data[0])), "set": "validation"}
+    cb.write_json_atomic(metrics, run_dir / "metrics.json")
+    log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
+             f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
+             f"-> {run_dir / 'model.keras'}")
+    if interrupted:
+        raise KeyboardInterrupt
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cfg = config_from_args(argv)
+    from caocrvfy.data import DataError
+
+    try:
+        train(cfg)
+    except DataError as exc:
+        log.error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
