@@ -113,7 +113,11 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.monotonic()
-        self.lr = current_lr(self.model)
+        self.lr = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.lr is None:  # after the warmup and schedule callbacks have set this epoch's rate
+            self.lr = current_lr(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

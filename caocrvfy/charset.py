@@ -6,24 +6,19 @@ the sigmoid and softmax heads subtract 1 before one-hot encoding.
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 
 DEFAULT_CHARSET_SPEC = "0-9a-zA-Z"
 PAD = 0
 
-_RANGES = {"0-9": string.digits, "a-z": string.ascii_lowercase, "A-Z": string.ascii_uppercase}
-
-
 def parse_charset(spec: str) -> str:
-    """Expands `0-9`, `a-z` and `A-Z` ranges and returns the sorted, de-duplicated set."""
+    """Expands ranges such as `0-9`, `a-z`, `A-F` and returns the sorted, de-duplicated set."""
     chars: set[str] = set()
     i = 0
     while i < len(spec):
-        chunk = spec[i : i + 3]
-        if chunk in _RANGES:
-            chars.update(_RANGES[chunk])
+        first, dash, last = spec[i : i + 3].ljust(3)
+        if dash == "-" and first.isalnum() and last.isalnum() and first <= last:
+            chars.update(chr(c) for c in range(ord(first), ord(last) + 1))
             i += 3
         else:
             chars.add(spec[i])

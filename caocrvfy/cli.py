@@ -1,9 +1,12 @@
-"""The `caocrvfy` command: generate, train, predict, evaluate.
+"""The `caocrvfy` command: generate, train, predict, evaluate, export, serve.
 
     caocrvfy generate --count 2000 --out data/test-6x62
     caocrvfy train --train-size 20000 --time-limit 20
     caocrvfy predict --model models/captcha-6x62 some.png folder/
     caocrvfy evaluate --model models/captcha-6x62 --data data/test-6x62 --json
+    caocrvfy evaluate --model models/captcha-6x62 --data data/test-6x62 --report reports/captcha-6x62
+    caocrvfy export --model models/captcha-6x62 --format onnx --out exports/model.onnx
+    caocrvfy serve --model models/captcha-6x62 --host 127.0.0.1 --port 8000
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def _evaluate(args) -> int:
     from caocrvfy.predict import Predictor, evaluate_folder
 
     reader = Predictor.load(args.model)
+    if args.report:
+        return _evaluate_report(reader, args)
     result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case)
     for item in result["skipped"]:
         log.warning(f"skipped {item['file']}: {item['reason']}")
@@ -65,6 +70,50 @@ def _evaluate(args) -> int:
     else:
         print(f"full-match {result['full_match']:.4f}  char accuracy {result['char_accuracy']:.4f}  "
               f"on {result['count']} images ({len(result['skipped'])} skipped)")
+    return 0
+
+
+def _evaluate_report(reader, args) -> int:
+    from caocrvfy.report import collect_records, write_report
+
+    records, paths, skipped = collect_records(reader, args.data, ignore_case=args.ignore_case)
+    for name, reason in skipped:
+        log.warning(f"skipped {name}: {reason}")
+    about = [f"Model `{reader.path}` on `{args.data}`: {len(records)} captchas"
+             f"{f', {len(skipped)} skipped' if skipped else ''}"
+             f"{', compared case-folded' if args.ignore_case or reader.ignore_case else ''}."]
+    figures = write_report(records, paths, args.report, title=f"What {Path(reader.path).parent.name} gets wrong",
+                           about=about, charset=reader.charset)
+    figures["skipped"] = [{"file": n, "reason": r} for n, r in skipped]
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        best = figures["coverage"]["recommended"]
+        advice = (f"answer when confidence >= {best['threshold']:.6g} ({best['coverage']:.1%} answered)"
+                  if best else f"no threshold reaches {figures['coverage']['target']:.0%}")
+        print(f"full-match {figures['full_match']:.4f}  char accuracy {figures['char_accuracy']:.4f}  "
+              f"ECE {figures['calibration']['ece']:.4f}  {advice}  on {len(records)} images "
+              f"({len(skipped)} skipped); report: {figures['report']}")
+    return 0
+
+
+def _export(args) -> int:
+    from caocrvfy.export import export_model
+
+    print(export_model(args.model, args.format, args.out))
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        from caocrvfy.serve import Limits, run
+    except ImportError as exc:
+        log.error(f"caocrvfy serve needs FastAPI and uvicorn ({exc}): pip install 'caocrvfy[serve]'")
+        return 2
+    from caocrvfy.predict import Predictor
+
+    limits = Limits(args.max_body_bytes, args.max_images, args.max_pixels)
+    run(Predictor.load(args.model), args.host, args.port, limits, args.log_level)
     return 0
 
 
@@ -95,8 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--data", required=True, help="labelled folder")
     g.add_argument("--ignore-case", action="store_true", help="compare case-folded")
-    g.add_argument("--json", action="store_true", help="print full_match, char_accuracy and count as JSON")
+    g.add_argument("--json", action="store_true",
+                   help="print full_match, char_accuracy and count as JSON (with --report: every report figure)")
+    g.add_argument("--report", metavar="OUT", help="write OUT/report.md with figures on what the model gets wrong")
     g.set_defaults(func=_evaluate)
+
+    g = sub.add_parser("export", help="export a model as SavedModel, ONNX or TFLite (see caocrvfy/export.py)")
+    g.add_argument("--model", help="run folder or model.keras (default: the shipped 6x62 model)")
+    g.add_argument("--format", required=True, choices=("savedmodel", "onnx", "tflite"), help="what to write")
+    g.add_argument("--out", help="file or folder (default: model.onnx, model.tflite or savedmodel/ beside the model)")
+    g.set_defaults(func=_export)
+
+    g = sub.add_parser("serve", help="read captchas over HTTP (POST /predict, docs at /docs)")
+    g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
+    g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    g.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                   help="larger requests get 413 (default 8 MiB)")
+    g.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
+    g.add_argument("--max-pixels", type=int, default=4_000_000,
+                   help="width x height per image, checked before decoding (default 4000000)")
+    g.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
+    g.set_defaults(func=_serve)
     return p
 
 

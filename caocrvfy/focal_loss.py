@@ -28,7 +28,9 @@ def binary_focal_loss(y_true, y_pred, gamma=2.0, alpha=0.25, from_logits=False, 
     cross_entropy = -(y_true * log_p + (1.0 - y_true) * log_not_p)
     p_t = y_true * p + (1.0 - y_true) * (1.0 - p)
     alpha_t = y_true * alpha + (1.0 - y_true) * (1.0 - alpha)
-    return ops.mean(alpha_t * ops.power(1.0 - p_t, gamma) * cross_entropy, axis=-1)
+    # max(., eps): the slope of x^gamma is infinite at 0 for gamma < 1, and inf * 0 is NaN.
+    modulator = ops.power(ops.maximum(1.0 - p_t, keras.config.epsilon()), gamma)
+    return ops.mean(alpha_t * modulator * cross_entropy, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="caocrvfy")

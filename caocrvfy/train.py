@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop the channel attention after the last convolution")
     g.add_argument("--augment", choices=("auto", "on", "off"), default=d.augment,
                    help=f"augmentation (default auto: on below {AUGMENT_BELOW} labelled training images)")
-    g.add_argument("--init", help="start from this trained model (the output layer is rebuilt "
-                                  "when the character set differs)")
+    g.add_argument("--init", help="start from this trained model (run folder or model.keras): its "
+                                  "architecture is used and its weights copied; the output layer is "
+                                  "new when the number of characters differs")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
@@ -172,8 +173,11 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
         cfg.filters = tuple(cfg.filters)
         cfg.resume, cfg.out = args.resume, args.resume
-        if args.time_limit is not None:
-            cfg.time_limit = args.time_limit
+        # The saved settings win, except the budget, which a user may extend when resuming.
+        given = set(argv if argv is not None else sys.argv[1:])
+        for name in ("epochs", "time_limit", "patience"):
+            if f"--{name.replace('_', '-')}" in given:
+                setattr(cfg, name, getattr(args, name))
         return cfg
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
 
@@ -259,6 +263,30 @@ def transfer_weights(source, target) -> int:
     return copied
 
 
+ARCHITECTURE = ("filters", "dense_units", "rnn_units", "sequence", "stem", "attention", "channels")
+
+
+def load_init(cfg: TrainConfig):
+    """Loads the --init model and adopts its architecture, so that its weights fit; the output
+    layer is kept only when the character count (and so its shape) is the same."""
+    import keras
+
+    from caocrvfy.data import DataError
+    from caocrvfy.predict import resolve_model_path
+
+    path, config_path = resolve_model_path(cfg.init)
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise DataError(f"{cfg.init} is not a caocrvfy model ({type(exc).__name__}); give a run folder "
+                        "or the model.keras written by `caocrvfy train`.") from exc
+    saved = json.loads(config_path.read_text())
+    for name in ARCHITECTURE:
+        if name in saved:
+            setattr(cfg, name, tuple(saved[name]) if name == "filters" else saved[name])
+    return source
+
+
 def train(cfg: TrainConfig) -> Path:
     """Runs one training and returns the run folder."""
     import keras
@@ -279,6 +307,7 @@ def train(cfg: TrainConfig) -> Path:
         keras.mixed_precision.set_global_policy("mixed_float16")
     log.info(f"training on {describe_device()}; run folder {run_dir}")
 
+    init_source = load_init(cfg) if cfg.init and not state else None
     train_data, val_data, charset, max_length, fixed, stream = load_data(cfg)
     input_shape = (cfg.height, cfg.width, cfg.channels)
     n_train = len(train_data[0]) if train_data else cfg.train_size
@@ -303,8 +332,8 @@ def train(cfg: TrainConfig) -> Path:
                             dense_units=cfg.dense_units, rnn_units=cfg.rnn_units, sequence=cfg.sequence,
                             stem=cfg.stem, attention=cfg.attention, augment=augment)
         if cfg.init:
-            source = keras.models.load_model(cfg.init, compile=False)
-            log.info(f"initialised {transfer_weights(source, model)} layers from {cfg.init}")
+            copied = transfer_weights(init_source, model)
+            log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
         # On TensorFlow, XLA is opt-in (slower on a 2-core CPU); JAX without jit runs op by op.
         jit = cfg.jit_compile if keras.backend.backend() == "tensorflow" else True
         compile_model(model, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha,

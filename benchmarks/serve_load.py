@@ -1,0 +1,113 @@
+"""Bounded load test of a running `caocrvfy serve`: throughput and p50/p99 latency per client count.
+
+    caocrvfy serve --model models/captcha-6x62 --port 8000 &
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 --images /tmp/fresh-6x62 --requests 200
+
+Each level sends at most --requests requests from N concurrent clients (one image per request
+unless --batch says more) and stops early at --time-cap seconds; the server must be on this
+machine (loopback only). Files named LABEL_anything.png also give a full-match column. Prints a
+markdown table; exits 1 if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+
+def loopback_only(url: str) -> None:
+    host = urlparse(url).hostname or ""
+    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        raise SystemExit(f"{url} is not a loopback address: this load test only targets this machine.")
+
+
+def load_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".gif", ".bmp"})
+    if not paths:
+        raise SystemExit(f"{folder} has no images.")
+    return [(p.name, p.read_bytes()) for p in paths[:count]]
+
+
+async def level(url: str, images: list[tuple[str, bytes]], clients: int, requests: int, batch: int,
+                time_cap: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    right = read = 0
+    next_request = 0
+    start = time.perf_counter()
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal next_request, right, read
+        while next_request < requests and time.perf_counter() - start < time_cap:
+            i = next_request
+            next_request += 1
+            chosen = [images[(i * batch + k) % len(images)] for k in range(batch)]
+            files = [("file", (name, data, "image/png")) for name, data in chosen]
+            sent = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/predict", files=files)
+            except httpx.HTTPError as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - sent)
+            if response.status_code != 200:
+                failures.append(f"{response.status_code}: {response.text[:200]}")
+                continue
+            for (name, _), p in zip(chosen, response.json()["predictions"]):
+                read += 1
+                right += "_" in name and p["text"] == name.split("_")[0]
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"clients": clients, "requests": len(latencies) + len(failures), "failed": len(failures),
+            "images_per_s": len(latencies) * batch / wall, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "wall": wall, "full_match": right / read if read else None,
+            "first_failure": failures[0] if failures else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="a loopback server (default http://127.0.0.1:8000)")
+    p.add_argument("--images", type=Path, required=True, help="folder of images to send")
+    p.add_argument("--clients", default="1,8,32", help="concurrency levels (default 1,8,32)")
+    p.add_argument("--requests", type=int, default=200, help="requests per level at most (default 200)")
+    p.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
+    p.add_argument("--time-cap", type=float, default=20.0, help="seconds per level at most (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="requests sent before measuring (default 5)")
+    args = p.parse_args(argv)
+    loopback_only(args.url)
+    images = load_images(args.images, max(args.requests * args.batch, 1))
+    if args.warmup:
+        asyncio.run(level(args.url, images, 1, args.warmup, args.batch, args.time_cap))
+    rows = [asyncio.run(level(args.url, images, int(n), args.requests, args.batch, args.time_cap))
+            for n in args.clients.split(",")]
+    print(f"{args.url}, {args.batch} image(s) per request, at most {args.requests} requests "
+          f"or {args.time_cap:.0f} s per level\n")
+    print("| clients | requests | failed | images/s | p50 ms | p99 ms | full-match | wall s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        match = f"{r['full_match']:.3f}" if r["full_match"] is not None else "-"
+        print(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | {r['p50']:.1f} | "
+              f"{r['p99']:.1f} | {match} | {r['wall']:.1f} |")
+    failed = [r for r in rows if r["failed"]]
+    for r in failed:
+        print(f"\n{r['clients']} clients: {r['failed']} failed, first: {r['first_failure']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

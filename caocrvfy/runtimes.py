@@ -1,0 +1,138 @@
+"""Run exported readers (ONNX, TFLite, SavedModel) behind the interface `Predictor` uses.
+
+    from caocrvfy.predict import Predictor
+    Predictor.load("exports/model.onnx").predict(["a.png"])   # config.json beside the file
+
+Each runtime has `predict_on_batch(uint8 NHWC batch) -> numpy outputs`, the same outputs the
+.keras model gives. `caocrvfy.export` writes these files; it documents their input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from caocrvfy.data import DataError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".onnx", ".tflite")
+
+
+class OnnxRuntime:
+    """An onnxruntime session; `metadata` is the caocrvfy.* metadata_props of the file."""
+
+    format = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise DataError(f"{path} needs onnxruntime to run: pip install 'caocrvfy[export]'.") from exc
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise DataError(f"{path} is not an ONNX model onnxruntime can load ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0]}); export it again with `caocrvfy export`.") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is thread-safe.
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.uint8)})[0]
+
+
+def _tflite_interpreter(path: Path, threads: int | None):
+    """LiteRT's interpreter when installed; else TensorFlow's, which still ships in TF 2.21
+    but warns that it is deprecated."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
+        return Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+
+
+class TFLiteRuntime:
+    """A TFLite interpreter whose input tensor is resized to each batch's shape.
+
+    An interpreter is not thread-safe, so calls are serialised by a lock.
+    """
+
+    format = "tflite"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        try:
+            self.interpreter = _tflite_interpreter(path, threads)
+        except (ValueError, RuntimeError) as exc:
+            raise DataError(f"{path} is not a TFLite model ({str(exc).splitlines()[0]}); "
+                            "export it again with `caocrvfy export`.") from exc
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.metadata: dict = {}
+        self._shape: tuple | None = None
+        self._lock = threading.Lock()
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.uint8)
+        with self._lock:
+            if batch.shape != self._shape:
+                self.interpreter.resize_tensor_input(self.input["index"], batch.shape, strict=False)
+                self.interpreter.allocate_tensors()
+                self._shape = batch.shape
+            self.interpreter.set_tensor(self.input["index"], batch)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self.output["index"]).copy()
+
+
+class SavedModelRuntime:
+    """The `serving_default` signature of a SavedModel folder written by `caocrvfy export`."""
+
+    format = "savedmodel"
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        try:
+            self.loaded = tf.saved_model.load(str(path))
+            self.signature = self.loaded.signatures["serving_default"]
+        except Exception as exc:
+            raise DataError(f"{path} is not a SavedModel written by `caocrvfy export` "
+                            f"({type(exc).__name__}); export it again.") from exc
+        config = getattr(self.loaded, "config_json", None)
+        self.metadata = {"caocrvfy.config": config.numpy().decode()} if config is not None else {}
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return self.signature(images=np.asarray(batch, np.uint8))["outputs"].numpy()
+
+
+def load_runtime(path: str | Path, threads: int | None = None):
+    """Opens an exported model by its suffix (a folder with saved_model.pb is a SavedModel);
+    raises DataError naming the file when it is none of these or cannot be loaded."""
+    path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").exists():
+        return SavedModelRuntime(path)
+    if path.suffix == ".onnx":
+        return OnnxRuntime(path, threads)
+    if path.suffix == ".tflite":
+        return TFLiteRuntime(path, threads)
+    raise DataError(f"{path} is not a model file caocrvfy can run: give a .keras, .onnx or .tflite file "
+                    "(from `caocrvfy export`) with its config.json beside it.")
+
+
+def embedded_config(runtime) -> dict | None:
+    """The config a runtime carries inside its file, if any (ONNX metadata, SavedModel)."""
+    text = getattr(runtime, "metadata", {}).get("caocrvfy.config")
+    return json.loads(text) if text else None

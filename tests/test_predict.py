@@ -1,0 +1,210 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from caocrvfy.cli import main as cli_main
+from caocrvfy.data import DataError
+from caocrvfy.predict import Predictor, decode_outputs, evaluate_folder, expand_inputs
+
+CHARSET = "0123456789"
+
+
+@pytest.fixture(scope="module")
+def reader(trained_run) -> Predictor:
+    return Predictor.load(trained_run)
+
+
+@pytest.fixture(scope="module")
+def images(generated_dir) -> list[Path]:
+    return sorted(generated_dir.glob("*.png"))
+
+
+# ---------------------------------------------------------------- decoding raw outputs
+
+
+def test_decode_ctc_outputs_merges_repeats_and_drops_blanks():
+    steps = [1, 1, 0, 1, 2, 2, 0, 0]  # "a a - a b b - -" reads "aab"
+    out = np.full((1, len(steps), 3), 0.1, np.float32)
+    out[0, np.arange(len(steps)), steps] = 0.8
+    (prediction,) = decode_outputs(out, "ctc", "ab")
+    assert prediction.text == "aab"
+    assert prediction.confidence == pytest.approx(0.8 ** len(steps), rel=1e-5)
+
+
+def test_decode_softmax_and_sigmoid_outputs():
+    softmax = np.array([[[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]]], np.float32)
+    (p,) = decode_outputs(softmax, "softmax", "xyz")
+    assert p.text == "yx" and p.confidence == pytest.approx(0.7 * 0.5)
+    sigmoid = np.array([[[0.2, 0.9, 0.9], [0.0, 0.0, 0.5]]], np.float32)  # ties go to the first
+    (p,) = decode_outputs(sigmoid, "sigmoid", "xyz")
+    assert p.text == "yz" and p.confidence == pytest.approx(0.9 / 2.0 * 1.0)
+
+
+# ---------------------------------------------------------------- Predictor
+
+
+def test_predictor_reads_its_settings_from_config(reader):
+    assert (reader.charset, reader.head) == (CHARSET, "softmax")
+    assert (reader.height, reader.width, reader.channels) == (24, 64, 1)
+
+
+def test_predict_files(reader, images):
+    predictions = reader.predict(images)
+    assert len(predictions) == len(images)
+    for p in predictions:
+        assert len(p.text) == 3 and set(p.text) <= set(CHARSET)
+        assert 0.0 <= p.confidence <= 1.0
+
+
+def test_predict_is_the_same_for_path_bytes_image_and_array(reader, images):
+    path = images[0]
+    with Image.open(path) as im:
+        pil = im.copy()
+    array = reader.prepare(path)
+    assert array.shape == (24, 64, 1) and array.dtype == np.uint8
+    results = reader.predict([path, str(path), path.read_bytes(), pil, array])
+    assert len({(r.text, round(r.confidence, 5)) for r in results}) == 1
+
+
+def test_predict_empty_list(reader):
+    assert reader.predict([]) == []
+
+
+def test_predict_names_the_bad_file(reader, images, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.png cannot be read as an image"):
+        reader.predict([images[0], bad])
+
+
+def test_predict_files_reads_the_others_when_one_is_bad(reader, images, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    paths = [images[0], bad, images[1]]
+    results = list(reader.predict_files(paths, batch_size=2))
+    assert [r[0] for r in results] == paths
+    (_, ok1, err1), (_, none, error), (_, ok2, err2) = results
+    assert none is None and "cannot be read as an image" in error
+    assert err1 is None and err2 is None
+    assert [ok1.text, ok2.text] == [p.text for p in reader.predict([images[0], images[1]])]
+
+
+def test_expand_inputs_lists_folders(generated_dir, images, tmp_path):
+    extra = tmp_path / "x.txt"
+    assert expand_inputs([str(generated_dir), str(extra)]) == images + [extra]
+
+
+# ---------------------------------------------------------------- loading errors
+
+
+def test_load_accepts_the_model_file(trained_run):
+    assert Predictor.load(trained_run / "model.keras").path == trained_run / "model.keras"
+
+
+def test_load_a_file_that_is_not_a_model(trained_run, tmp_path):
+    shutil.copy(trained_run / "config.json", tmp_path / "config.json")
+    fake = tmp_path / "model.keras"
+    fake.write_bytes(b"this is not a zip file")
+    with pytest.raises(DataError, match="is not a caocrvfy model") as err:
+        Predictor.load(fake)
+    assert str(fake) in str(err.value)
+    with pytest.raises(DataError, match="is not a caocrvfy model"):
+        Predictor.load(tmp_path)  # the folder form finds the same file
+
+
+def test_load_a_non_keras_file_names_it(trained_run, tmp_path):
+    shutil.copy(trained_run / "config.json", tmp_path / "config.json")
+    picture = tmp_path / "captcha.png"
+    Image.new("L", (64, 24)).save(picture)
+    with pytest.raises(DataError, match="captcha.png"):
+        Predictor.load(picture)
+
+
+def test_load_without_config_json(trained_run, tmp_path):
+    shutil.copy(trained_run / "model.keras", tmp_path / "model.keras")
+    with pytest.raises(DataError, match="config.json is missing"):
+        Predictor.load(tmp_path)
+
+
+def test_load_missing_paths(tmp_path):
+    with pytest.raises(DataError, match="holds no model.keras"):
+        Predictor.load(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        Predictor.load(tmp_path / "nothing.keras")
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluate_folder_agrees_with_predictions(reader, generated_dir, images):
+    result = evaluate_folder(reader, generated_dir)
+    truths = [p.name.split("_")[0] for p in images]
+    texts = [p.text for p in reader.predict(images)]
+    assert result["count"] == len(images) and result["skipped"] == []
+    assert result["full_match"] == pytest.approx(np.mean([t == p for t, p in zip(truths, texts)]))
+    right = sum(a == b for t, p in zip(truths, texts) for a, b in zip(t, p))
+    assert result["char_accuracy"] == pytest.approx(right / (3 * len(images)))
+
+
+def test_evaluate_folder_lists_unreadable_images(reader, generated_dir, tmp_path):
+    for image in generated_dir.glob("*.png"):
+        shutil.copy(image, tmp_path / image.name)
+    (tmp_path / "123_99.png").write_bytes(b"broken")
+    result = evaluate_folder(reader, tmp_path)
+    assert result["count"] == 6
+    assert [s["file"] for s in result["skipped"]] == ["123_99.png"]
+
+
+# ---------------------------------------------------------------- the caocrvfy command
+
+
+def test_cli_predict_prints_file_text_confidence(trained_run, images, capsys):
+    assert cli_main(["predict", "--model", str(trained_run), *map(str, images[:3])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for line, path in zip(lines, images):
+        file, text, confidence = line.split("\t")
+        assert file == str(path)
+        assert len(text) == 3 and set(text) <= set(CHARSET)
+        assert 0.0 <= float(confidence) <= 1.0
+
+
+def test_cli_predict_json_and_a_bad_file(trained_run, images, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    assert cli_main(["predict", "--model", str(trained_run), "--json", str(images[0]), str(bad), str(images[1])]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in records] == [str(images[0]), str(bad), str(images[1])]
+    assert "cannot be read as an image" in records[1]["error"]
+    for record in (records[0], records[2]):
+        assert set(record) == {"file", "text", "confidence"} and len(record["text"]) == 3
+        assert 0.0 <= record["confidence"] <= 1.0
+
+
+def test_cli_predict_fails_when_nothing_can_be_read(trained_run, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    assert cli_main(["predict", "--model", str(trained_run), str(bad)]) == 1
+    assert capsys.readouterr().out == ""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["predict", "--model", str(trained_run), str(empty)]) == 2
+
+
+def test_cli_evaluate_json(trained_run, generated_dir, reader, capsys):
+    assert cli_main(["evaluate", "--model", str(trained_run), "--data", str(generated_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"full_match", "char_accuracy", "count"}
+    assert result["count"] == 6
+    expected = evaluate_folder(reader, generated_dir)
+    assert result["full_match"] == pytest.approx(expected["full_match"])
+    assert result["char_accuracy"] == pytest.approx(expected["char_accuracy"])
+
+
+def test_cli_reports_data_errors_with_exit_code_2(tmp_path, capsys):
+    assert cli_main(["predict", "--model", str(tmp_path), "x.png"]) == 2
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,253 @@
+"""The HTTP service: every kind of bad request gets a 4xx JSON error and the server goes on."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import keras
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("multipart")
+
+import httpx  # noqa: E402
+
+with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClient and warns about httpx
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient  # noqa: E402
+
+from caocrvfy.model_enhanced import build_model  # noqa: E402
+from caocrvfy.predict import Predictor  # noqa: E402
+from caocrvfy.serve import Limits, create_app  # noqa: E402
+
+CHARSET = "0123456789"
+SHAPE = (24, 64, 1)
+LIMITS = Limits(max_body_bytes=100_000, max_images=4, max_pixels=50_000)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """An untrained tiny softmax model (it always reads 3 characters) with config and metrics."""
+    folder = tmp_path_factory.mktemp("serve-run")
+    keras.utils.set_random_seed(0)
+    model = build_model(SHAPE, num_classes=len(CHARSET), max_length=3, head="softmax",
+                        filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
+    model.save(folder / "model.keras")
+    resolved = {"charset": CHARSET, "max_length": 3, "head": "softmax", "input_shape": list(SHAPE)}
+    (folder / "config.json").write_text(json.dumps({"ignore_case": False, "resolved": resolved}))
+    (folder / "metrics.json").write_text(json.dumps({"validation": {"full_match": 0.5, "count": 2}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reader(run) -> Predictor:
+    return Predictor.load(run)
+
+
+@pytest.fixture(scope="module")
+def client(reader):
+    with TestClient(create_app(reader, LIMITS)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def pngs(generated_dir) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(generated_dir.glob("*.png"))]
+
+
+def png(size=(64, 24), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, "white").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def forged_png(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height: a decompression bomb's first bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + chunk(b"IEND", b""))
+
+
+def files(*items: bytes, field: str = "file"):
+    return [(field, (f"img{i}.png", data, "image/png")) for i, data in enumerate(items)]
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    for word in words:
+        assert word in error
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_predict_one_and_a_batch_in_order(client, reader, pngs):
+    expected = reader.predict(pngs[:3])
+    one = client.post("/predict", files=files(pngs[0]))
+    assert one.status_code == 200
+    assert one.json() == {"predictions": [
+        {"index": 0, "file": "img0.png", "text": expected[0].text, "confidence": round(expected[0].confidence, 6)}]}
+    batch = client.post("/predict", files=files(*pngs[:3])).json()["predictions"]
+    assert [p["text"] for p in batch] == [e.text for e in expected]
+    assert [p["file"] for p in batch] == ["img0.png", "img1.png", "img2.png"]
+    assert all(len(p["text"]) == 3 and 0.0 <= p["confidence"] <= 1.0 for p in batch)
+
+
+def test_predict_json_base64(client, reader, pngs):
+    expected = [p.text for p in reader.predict(pngs[:2])]
+    images = [base64.b64encode(pngs[0]).decode(), "data:image/png;base64," + base64.b64encode(pngs[1]).decode()]
+    response = client.post("/predict", json={"images": images})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["text"] for p in predictions] == expected
+    assert [p["index"] for p in predictions] == [0, 1] and "file" not in predictions[0]
+
+
+def test_other_sizes_and_modes_are_resized(client):
+    response = client.post("/predict", files=files(png((200, 80), "RGBA"), png((30, 10), "L")))
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+
+
+def test_health_model_and_docs(client, reader):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/model").json()
+    assert info["charset"] == CHARSET and info["head"] == "softmax" and info["max_length"] == 3
+    assert info["input"] == {"height": 24, "width": 64, "channels": 1}
+    assert info["metrics"] == {"validation": {"full_match": 0.5, "count": 2}}
+    assert info["limits"]["max_images"] == LIMITS.max_images and info["format"] == "keras"
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+
+
+# ---------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize("data,status,words", [
+    (b"this is not an image", 400, ["img0.png", "is not an image"]),
+    (b"", 400, ["img0.png", "is empty"]),
+    (forged_png(300, 300), 413, ["300x300", "over the limit of 50000"]),
+    (forged_png(100_000, 100_000), 413, ["too large"]),  # past Pillow's own bomb limit as well
+], ids=["not-an-image", "empty-file", "too-many-pixels", "decompression-bomb"])
+def test_bad_images(client, data, status, words):
+    assert_error(client.post("/predict", files=files(data)), status, *words)
+
+
+def test_truncated_image(client, pngs):
+    assert_error(client.post("/predict", files=files(pngs[0], pngs[1][: len(pngs[1]) // 2])), 400,
+                 "img1.png", "truncated or corrupt")
+
+
+def test_a_bad_image_in_a_json_batch_is_named(client, pngs):
+    images = [base64.b64encode(pngs[0]).decode(), base64.b64encode(b"GIF89a broken").decode()]
+    assert_error(client.post("/predict", json={"images": images}), 400, "images[1]")
+
+
+@pytest.mark.parametrize("kwargs,status,words", [
+    ({}, 400, ["body is empty"]),
+    ({"content": b"", "headers": {"content-type": "application/json"}}, 400, ["body is empty"]),
+    ({"content": b'{"images": [', "headers": {"content-type": "application/json"}}, 400, ["not valid JSON"]),
+    ({"json": ["abc"]}, 400, ['{"images"']),
+    ({"json": {"images": []}}, 400, ["no images"]),
+    ({"json": {"images": ["@@not base64@@"]}}, 400, ["images[0] is not valid base64"]),
+    ({"json": {"images": [3]}}, 400, ["images[0] is a JSON int"]),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, ["'text/plain' is not accepted"]),
+    ({"files": files(png(), field="image")}, 400, ["no field `file`", "image"]),
+], ids=["no-body", "empty-json", "broken-json", "json-list", "no-images", "bad-base64", "not-a-string",
+        "text-plain", "wrong-field"])
+def test_bad_requests(client, kwargs, status, words):
+    assert_error(client.post("/predict", **kwargs), status, *words)
+
+
+def test_too_many_images(client):
+    five = [png()] * 5
+    assert_error(client.post("/predict", files=files(*five)), 413, "more than 4 images")
+    assert_error(client.post("/predict", json={"images": [base64.b64encode(i).decode() for i in five]}), 413,
+                 "5 images", "limit of 4")
+
+
+def test_body_over_the_size_limit(client):
+    big = os.urandom(LIMITS.max_body_bytes + 1)
+    assert_error(client.post("/predict", files=files(big)), 413, "over the limit of 100000")
+
+    def chunks():  # no Content-Length: the limit is counted while reading
+        for _ in range(3):
+            yield os.urandom(LIMITS.max_body_bytes // 2)
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert_error(response, 413, "over the limit")
+
+
+def test_unknown_route_and_method_answer_json(client):
+    assert_error(client.get("/nothing"), 404, "Not Found")
+    assert_error(client.get("/predict"), 405, "Method Not Allowed")
+
+
+def test_the_server_still_reads_after_bad_requests(client, pngs):
+    client.post("/predict", content=b"{", headers={"content-type": "application/json"})
+    client.post("/predict", files=files(forged_png(100_000, 100_000)))
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/predict", files=files(pngs[0])).status_code == 200
+
+
+# ---------------------------------------------------------------- a real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "caocrvfy", "serve", "--model", str(run), "--port", str(port), "--max-images", "2",
+         "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    try:
+        deadline = time.monotonic() + 120  # importing TensorFlow is slow on a busy 2-core machine
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer /healthz in time"
+            time.sleep(0.5)
+        response = httpx.post(f"{base}/predict", files=files(pngs[0]), timeout=30)
+        assert response.status_code == 200
+        assert len(response.json()["predictions"][0]["text"]) == 3
+        assert httpx.post(f"{base}/predict", files=files(*pngs[:3]), timeout=30).status_code == 413
+        assert httpx.get(f"{base}/model", timeout=10).json()["limits"]["max_images"] == 2
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        log.close()
+    # uvicorn shuts down cleanly, then re-raises the signal so that the exit status shows it.
+    assert server.returncode in (0, -signal.SIGTERM), (tmp_path / "serve.log").read_text()

@@ -1,0 +1,299 @@
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import caocrvfy
+from caocrvfy import callbacks as cb
+from caocrvfy.model_enhanced import build_model, model_head
+from caocrvfy.train import TrainConfig, config_from_args, train, transfer_weights
+from caocrvfy.train import main as train_main
+
+REPO = Path(caocrvfy.__file__).resolve().parent.parent
+
+
+def history_rows(run: Path) -> list[dict]:
+    with (run / "history.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- a full (tiny) run
+
+
+def test_training_writes_the_run_folder(trained_run):
+    for name in ("model.keras", "config.json", "history.csv", "curves.png", "metrics.json", "state.json"):
+        assert (trained_run / name).is_file(), name
+    assert not list(trained_run.glob("*partial*"))  # atomic writes leave no temporary files
+    assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_json_holds_the_resolved_settings(trained_run, trained_config):
+    config = load_json(trained_run / "config.json")
+    resolved = config["resolved"]
+    assert resolved["charset"] == "0123456789"
+    assert resolved["input_shape"] == [24, 64, 1]
+    assert resolved["head"] == "softmax"
+    assert (resolved["max_length"], resolved["fixed_length"]) == (3, True)
+    assert (resolved["train_images"], resolved["val_images"], resolved["steps_per_epoch"]) == (32, 16, 2)
+    assert resolved["augment"] is False  # synthetic data: no augmentation unless asked
+    assert config["filters"] == [8, 8, 8, 8] and config["epochs"] == trained_config.epochs
+
+
+def test_history_metrics_and_state(trained_run):
+    rows = history_rows(trained_run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "val_loss", "val_full_match", "val_char_accuracy", "lr"} <= set(rows[0])
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+    metrics = load_json(trained_run / "metrics.json")
+    assert metrics["count"] == 16 and metrics["set"] == "validation"
+    for key in ("full_match", "char_accuracy", "precision", "recall"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert math.isfinite(metrics["loss"])
+
+    state = load_json(trained_run / "state.json")
+    assert state["epoch"] == 2
+    assert set(state) >= {"best", "learning_rate", "early_stopping", "plateau"}
+
+
+def test_saved_model_is_the_reader_without_optimizer(trained_run):
+    model = keras.models.load_model(trained_run / "model.keras")
+    assert not model.compiled and getattr(model, "optimizer", None) is None
+    assert keras.models.load_model(trained_run / "last.keras").optimizer is not None  # for --resume
+    assert model_head(model) == "softmax"
+    assert tuple(model.input.shape) == (None, 24, 64, 1) and model.input.dtype == "uint8"
+    assert model.output.shape == (None, 3, 10)
+
+
+def test_synthetic_captchas_are_cached(trained_run, synthetic_cache):
+    (folder,) = synthetic_cache.glob("synthetic-3x10-64x24-*")
+    assert len(list((folder / "train").glob("*.png"))) == 32
+    assert len(list((folder / "val").glob("*.png"))) == 16
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class RecordRate(keras.callbacks.Callback):
+    """The learning rate each optimizer step trains at."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(cb.current_lr(self.model))
+
+
+def tiny_regression(learning_rate: float = 0.5) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
+    return model, x, x.sum(1, keepdims=True)
+
+
+def test_linear_warmup_starts_above_zero_and_reaches_the_target():
+    model, x, y = tiny_regression(learning_rate=0.5)
+    record = RecordRate()
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 4), record])
+    np.testing.assert_allclose(record.rates, [0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rtol=1e-6)
+
+
+def test_linear_warmup_carries_on_from_the_optimizer_step():
+    model, x, y = tiny_regression()
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 8)])
+    record = RecordRate()  # a resumed run: 6 steps done, warmup of 8
+    model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[cb.LinearWarmup(0.1, 8), record])
+    np.testing.assert_allclose(record.rates, [0.0875, 0.1, 0.1, 0.1], rtol=1e-6)
+
+
+def test_linear_warmup_leaves_the_rate_to_reduce_lr_on_plateau():
+    model, x, y = tiny_regression()
+    record = RecordRate()
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 2), plateau, record])
+    assert record.rates[:2] == pytest.approx([0.05, 0.1])
+    assert record.rates[-1] < 0.1  # cut by the plateau callback, not reset by warmup
+
+
+def test_logged_rate_is_the_rate_each_epoch_starts_with():
+    model, x, y = tiny_regression(learning_rate=0.1)  # as train(): compiled at the target rate
+    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0,
+                        callbacks=[cb.LinearWarmup(0.1, 4), cb.EpochLog(3)])
+    np.testing.assert_allclose(history.history["lr"], [0.025, 0.075, 0.1], rtol=1e-6)
+
+
+def test_cosine_to_budget_after_warmup():
+    model, x, y = tiny_regression()
+    record = RecordRate()
+    cosine = cb.CosineToBudget(0.1, 0.001, warmup_steps=2, epochs=3, steps_per_epoch=2, minutes=None)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 2), cosine, record])
+    expected = [0.05, 0.1] + [0.001 + 0.0495 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)]
+    np.testing.assert_allclose(record.rates, expected, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- stopping and resuming
+
+
+def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache):
+    run = tmp_path / "run"
+    code = train_main([
+        "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24",
+        "--train-size", "32", "--val-size", "16", "--cache-dir", str(synthetic_cache),
+        "--filters", "8,8,8,8", "--dense-units", "8", "--rnn-units", "8", "--batch-size", "16",
+        "--epochs", "50", "--time-limit", "0.000001", "--out", str(run),
+    ])
+    assert code == 0
+    assert len(history_rows(run)) == 1  # the first epoch was cut short, validated and saved
+    assert load_json(run / "state.json")["epoch"] == 1
+    assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
+    assert load_json(run / "config.json")["time_limit"] == pytest.approx(0.000001)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, make_config) -> Path:
+    run = tmp_path_factory.mktemp("resume")
+    train(make_config(run, epochs=1))
+    assert len(history_rows(run)) == 1
+    # --resume reads every setting from config.json (only --time-limit may be given again).
+    config = load_json(run / "config.json")
+    config["epochs"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+    train(config_from_args(["--resume", str(run)]))
+    return run
+
+
+def test_resume_continues_with_the_next_epoch(resumed_run):
+    assert [int(r["epoch"]) for r in history_rows(resumed_run)] == [0, 1]
+    assert (resumed_run / "history.csv").read_text().count("val_loss") == 1  # one header
+    assert load_json(resumed_run / "state.json")["epoch"] == 2
+    config = load_json(resumed_run / "config.json")
+    assert config["resume"] == str(resumed_run) and config["resolved"]["charset"] == "0123456789"
+
+
+def test_resume_config_comes_from_the_run_folder(resumed_run):
+    cfg = config_from_args(["--resume", str(resumed_run), "--time-limit", "3"])
+    assert (cfg.epochs, cfg.length, cfg.filters, cfg.head) == (2, 3, (8, 8, 8, 8), "ctc")
+    assert (cfg.out, cfg.resume, cfg.time_limit) == (str(resumed_run), str(resumed_run), 3.0)
+    assert cfg.resolved == {}
+
+
+def test_resume_without_state_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig())))
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train(config_from_args(["--resume", str(tmp_path)]))
+
+
+def test_config_from_args():
+    cfg = config_from_args(["--filters", "8,16", "--no-focal-loss", "--head", "sigmoid", "--no-attention",
+                            "--time-limit", "1.5", "--charset", "0-9"])
+    assert cfg.filters == (8, 16) and cfg.use_focal_loss is False and cfg.attention is False
+    assert (cfg.head, cfg.time_limit, cfg.charset, cfg.epochs) == ("sigmoid", 1.5, "0-9", TrainConfig().epochs)
+
+
+# ---------------------------------------------------------------- labelled folders
+
+
+@pytest.fixture
+def mixed_length_folder(tmp_path) -> Path:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        label = "".join(rng.choice(list("0123456789"), size=2 + i % 3))
+        image = Image.new("L", (64, 32), 255)
+        ImageDraw.Draw(image).text((4, 8), label, fill=int(rng.integers(0, 100)))
+        image.save(folder / f"{label}_{i}.png")
+    return folder
+
+
+def test_mixed_label_lengths_pick_the_ctc_head(mixed_length_folder, make_config, tmp_path):
+    cfg = make_config(tmp_path / "run", data=str(mixed_length_folder), charset=None, head="softmax",
+                      epochs=1, batch_size=8, augment="off")
+    run = train(cfg)
+    resolved = load_json(run / "config.json")["resolved"]
+    assert resolved["head"] == "ctc"
+    assert (resolved["fixed_length"], resolved["max_length"]) == (False, 4)
+    assert resolved["input_shape"] == [64, 128, 1]  # height 64, width from the images' 2:1 ratio
+    assert resolved["train_images"] + resolved["val_images"] == 12 and resolved["val_images"] >= 1
+    assert model_head(keras.models.load_model(run / "model.keras", compile=False)) == "ctc"
+
+
+def test_transfer_weights_copies_matching_layers():
+    tiny = dict(filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
+    source = build_model((24, 64, 1), 10, 3, "ctc", **tiny)
+    target = build_model((24, 64, 1), 12, 3, "ctc", **tiny)
+    copied = transfer_weights(source, target)
+    with_weights = [layer for layer in target.layers if layer.weights]
+    assert copied == len(with_weights) - 1  # all but the output layer, whose class count differs
+    np.testing.assert_array_equal(source.get_layer("features").get_weights()[0],
+                                  target.get_layer("features").get_weights()[0])
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _console_script() -> str:
+    script = shutil.which("caocrvfy", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the caocrvfy console script is not installed beside this Python")
+    return script
+
+
+@pytest.mark.parametrize("how", ["script path", "module", "console script"])
+def test_train_help(how, tmp_path):
+    command = {
+        "script path": lambda: [sys.executable, str(REPO / "caocrvfy" / "train.py"), "--help"],
+        "module": lambda: [sys.executable, "-m", "caocrvfy.train", "--help"],
+        "console script": lambda: [_console_script(), "train", "--help"],
+    }[how]()
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: caocrvfy train")
+    for option in ("--resume", "--time-limit", "--head", "(default 150)"):
+        assert option in result.stdout
+
+
+def _start_focal_training():
+    spec = importlib.util.spec_from_file_location("start_focal_training", REPO / "start_focal_training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clear_caches_removes_pycache_folders(tmp_path):
+    made = [tmp_path / "__pycache__", tmp_path / "pkg" / "__pycache__", tmp_path / "pkg" / "sub" / "__pycache__"]
+    for folder in made:
+        folder.mkdir(parents=True)
+        (folder / "mod.cpython-311.pyc").write_bytes(b"\0")
+    kept = tmp_path / ".venv" / "lib" / "__pycache__"
+    kept.mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
+
+    assert _start_focal_training().clear_caches(tmp_path) == 3
+    assert not any(folder.exists() for folder in made)
+    assert kept.is_dir() and (tmp_path / "pkg" / "mod.py").is_file()
+
+
+def test_start_focal_training_clears_then_trains_with_the_same_arguments(monkeypatch, capsys):
+    module = _start_focal_training()
+    calls = []
+    monkeypatch.setattr(module, "clear_caches", lambda: 4)
+    monkeypatch.setattr(module.subprocess, "call", lambda command: calls.append(command) or 0)
+    assert module.main(["--time-limit", "20"]) == 0
+    assert calls == [[sys.executable, str(REPO / "caocrvfy" / "train.py"), "--time-limit", "20"]]
+    assert "removed 4 __pycache__ folder(s)" in capsys.readouterr().out
