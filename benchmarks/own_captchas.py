@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}  # as caocrvfy.data
 NOISE = re.compile(r"absl::InitializeLog|cudart_stub|cuda_platform|cuInit|computation_placer|TF-TRT")
 ARCHITECTURE = ("filters", "dense_units", "rnn_units", "sequence", "stem", "attention", "channels", "head")
 
@@ -49,6 +48,8 @@ def list_items(root: Path) -> tuple[list[str], list[str] | None, dict[str, list[
     """Sorted item names, and the labels.csv header and rows by name when the folder has one."""
     csv_path = root / "labels.csv"
     if not csv_path.exists():
+        from caocrvfy.data import IMAGE_SUFFIXES
+
         return sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None, None
     header, rows = None, {}
     with csv_path.open(newline="", encoding="utf-8") as fh:
