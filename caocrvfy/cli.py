@@ -74,9 +74,10 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_report(reader, args) -> int:
-    from caocrvfy.report import collect_records, write_report
+    from caocrvfy.predict import read_labelled_folder
+    from caocrvfy.report import write_report
 
-    records, paths, skipped = collect_records(reader, args.data, ignore_case=args.ignore_case)
+    records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case, progress=True)
     for name, reason in skipped:
         log.warning(f"skipped {name}: {reason}")
     about = [f"Model `{reader.path}` on `{args.data}`: {len(records)} captchas"

@@ -164,24 +164,36 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return paths
 
 
-def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False) -> dict:
-    """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`)."""
-    from caocrvfy.data import read_folder
+def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False,
+                         batch_size: int = 256, progress: bool = False):
+    """Reads a labelled folder (labels as `read_folder`): (truth, prediction, confidence) records,
+    their image paths, and the skipped items with reasons. Case-folded when asked or when the
+    model was trained with --ignore-case."""
+    from caocrvfy.data import Progress, read_folder
 
     found = read_folder(folder, charset=None, ignore_case=ignore_case)
     fold = fold_case if ignore_case or predictor.ignore_case else (lambda s: s)
     label_of = dict(zip(found.paths, found.labels))
-    truths, preds, skipped = [], [], list(found.skipped)
-    for path, prediction, error in predictor.predict_files(found.paths):
+    records, paths, skipped = [], [], list(found.skipped)
+    counter = Progress(len(found.paths), "read") if progress else None
+    for path, prediction, error in predictor.predict_files(found.paths, batch_size=batch_size):
+        if counter:
+            counter.update(1)
         if error:
             skipped.append((path.name, error))
             continue
-        truths.append(fold(label_of[path]))
-        preds.append(fold(prediction.text))
-    if not truths:
+        records.append((fold(label_of[path]), fold(prediction.text), prediction.confidence))
+        paths.append(path)
+    if not records:
         raise DataError(f"{folder} has no readable labelled images to evaluate.")
-    full = sum(t == p for t, p in zip(truths, preds)) / len(truths)
-    chars = sum(len(t) for t in truths)
-    right = sum(sum(a == b for a, b in zip(t, p)) for t, p in zip(truths, preds))
-    return {"full_match": full, "char_accuracy": right / chars, "count": len(truths),
+    return records, paths, skipped
+
+
+def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False) -> dict:
+    """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`)."""
+    records, _, skipped = read_labelled_folder(predictor, folder, ignore_case)
+    full = sum(t == p for t, p, _ in records) / len(records)
+    chars = sum(len(t) for t, _, _ in records)
+    right = sum(sum(a == b for a, b in zip(t, p)) for t, p, _ in records)
+    return {"full_match": full, "char_accuracy": right / chars, "count": len(records),
             "skipped": [{"file": n, "reason": r} for n, r in skipped]}

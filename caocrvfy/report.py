@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from caocrvfy.charset import fold_case
-from caocrvfy.data import DataError, Progress
+from caocrvfy.data import DataError
 
 log = logging.getLogger(__name__)
 
@@ -222,28 +222,6 @@ def summarize(records: Sequence[Record], target: float = TARGET_ACCURACY, top: i
                      "stable": stable_threshold(records, target),
                      "table": [coverage_at(records, t) for t in SHOWN_THRESHOLDS]},
     }
-
-
-def collect_records(predictor, folder: str | Path, ignore_case: bool = False,
-                    batch_size: int = 256) -> tuple[list[Record], list[Path], list[tuple[str, str]]]:
-    """Reads a labelled folder with a Predictor: records, their image paths, and skipped items."""
-    from caocrvfy.data import read_folder
-
-    found = read_folder(folder, charset=None, ignore_case=ignore_case)
-    fold = fold_case if ignore_case or predictor.ignore_case else (lambda s: s)
-    label_of = dict(zip(found.paths, found.labels))
-    records, paths, skipped = [], [], list(found.skipped)
-    progress = Progress(len(found.paths), "read")
-    for path, prediction, error in predictor.predict_files(found.paths, batch_size=batch_size):
-        progress.update(1)
-        if error:
-            skipped.append((path.name, error))
-            continue
-        records.append((fold(label_of[path]), fold(prediction.text), prediction.confidence))
-        paths.append(path)
-    if not records:
-        raise DataError(f"{folder} has no readable labelled images to evaluate.")
-    return records, paths, skipped
 
 
 # ---------------------------------------------------------------- figures

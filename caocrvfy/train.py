@@ -307,6 +307,8 @@ def train(cfg: TrainConfig) -> Path:
         keras.mixed_precision.set_global_policy("mixed_float16")
     log.info(f"training on {describe_device()}; run folder {run_dir}")
 
+    # On TensorFlow, XLA is opt-in (slower on a 2-core CPU); JAX without jit runs op by op.
+    jit = cfg.jit_compile if keras.backend.backend() == "tensorflow" else True
     init_source = load_init(cfg) if cfg.init and not state else None
     train_data, val_data, charset, max_length, fixed, stream = load_data(cfg)
     input_shape = (cfg.height, cfg.width, cfg.channels)
@@ -334,8 +336,6 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.init:
             copied = transfer_weights(init_source, model)
             log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
-        # On TensorFlow, XLA is opt-in (slower on a 2-core CPU); JAX without jit runs op by op.
-        jit = cfg.jit_compile if keras.backend.backend() == "tensorflow" else True
         compile_model(model, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha,
                       cfg.label_smoothing, jit_compile=jit)
         initial_epoch = 0
@@ -390,7 +390,7 @@ def train(cfg: TrainConfig) -> Path:
     best = keras.models.load_model(run_dir / "model.keras", compile=False)
     cb.save_model_atomic(best, run_dir / "model.keras")
     compile_model(best, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing,
-                  jit_compile=cfg.jit_compile if keras.backend.backend() == "tensorflow" else True)
+                  jit_compile=jit)
     scores = best.evaluate(val_ds, verbose=0, return_dict=True)
     metrics = {k: float(v) for k, v in scores.items()} | {"count": int(len(val_data[0])), "set": "validation"}
     cb.write_json_atomic(metrics, run_dir / "metrics.json")
