@@ -1,7 +1,9 @@
-"""Bounded load test of a running `caocrvfy serve`: throughput and p50/p99 latency per client count.
+"""Bounded load test of `caocrvfy serve`: throughput and p50/p99 latency per client count.
 
     caocrvfy serve --model models/captcha-6x62 --port 8000 &
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --images /tmp/fresh-6x62 --requests 200
+    python benchmarks/serve_load.py --model models/captcha-6x62 --images /tmp/fresh-6x62   # starts the
+        # server itself, once with server-side batching and once without, and compares them
 
 Each level sends at most --requests requests from N concurrent clients (one image per request
 unless --batch says more) and stops early at --time-cap seconds; the server must be on this
@@ -79,9 +81,50 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
             "first_failure": failures[0] if failures else None}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, extra: list[str]):
+    """`caocrvfy serve` on a free loopback port; returns (process, url) once /healthz answers."""
+    import subprocess
+
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "caocrvfy", "serve", "--model", model, "--port", str(port),
+           "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"{' '.join(cmd)} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{' '.join(cmd)} did not answer within 2 minutes")
+
+
+def run_levels(url: str, images, args) -> list[dict]:
+    if args.warmup:
+        asyncio.run(level(url, images, 1, args.warmup, args.batch, args.time_cap))
+    return [asyncio.run(level(url, images, int(n), args.requests, args.batch, args.time_cap))
+            for n in args.clients.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8000", help="a loopback server (default http://127.0.0.1:8000)")
+    p.add_argument("--model", help="start `caocrvfy serve --model MODEL` here instead, for each of --modes")
+    p.add_argument("--modes", default="batched,unbatched",
+                   help="with --model: server settings to compare, from batched (the default server), "
+                        "unbatched (--no-batching), window-5ms (--batch-window-ms 5) (default batched,unbatched)")
     p.add_argument("--images", type=Path, required=True, help="folder of images to send")
     p.add_argument("--clients", default="1,8,32", help="concurrency levels (default 1,8,32)")
     p.add_argument("--requests", type=int, default=200, help="requests per level at most (default 200)")
@@ -89,20 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-cap", type=float, default=20.0, help="seconds per level at most (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="requests sent before measuring (default 5)")
     args = p.parse_args(argv)
-    loopback_only(args.url)
     images = load_images(args.images, max(args.requests * args.batch, 1))
-    if args.warmup:
-        asyncio.run(level(args.url, images, 1, args.warmup, args.batch, args.time_cap))
-    rows = [asyncio.run(level(args.url, images, int(n), args.requests, args.batch, args.time_cap))
-            for n in args.clients.split(",")]
-    print(f"{args.url}, {args.batch} image(s) per request, at most {args.requests} requests "
-          f"or {args.time_cap:.0f} s per level\n")
-    print("| clients | requests | failed | images/s | p50 ms | p99 ms | full-match | wall s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    modes = {"batched": [], "unbatched": ["--no-batching"], "window-5ms": ["--batch-window-ms", "5"]}
+    rows = []
+    if args.model:
+        for mode in args.modes.split(","):
+            proc, url = start_server(args.model, modes[mode])
+            try:
+                rows += [r | {"server": mode} for r in run_levels(url, images, args)]
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    else:
+        loopback_only(args.url)
+        rows = [r | {"server": args.url} for r in run_levels(args.url, images, args)]
+    print(f"{args.batch} image(s) per request, at most {args.requests} requests or {args.time_cap:.0f} s per level\n")
+    print("| server | clients | requests | failed | images/s | p50 ms | p99 ms | full-match | wall s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         match = f"{r['full_match']:.3f}" if r["full_match"] is not None else "-"
-        print(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | {r['p50']:.1f} | "
-              f"{r['p99']:.1f} | {match} | {r['wall']:.1f} |")
+        print(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | "
+              f"{r['p50']:.1f} | {r['p99']:.1f} | {match} | {r['wall']:.1f} |")
     failed = [r for r in rows if r["failed"]]
     for r in failed:
         print(f"\n{r['clients']} clients: {r['failed']} failed, first: {r['first_failure']}", file=sys.stderr)

@@ -1,12 +1,14 @@
 """Training and reading throughput of model variants, side by side in one process.
 
-    python benchmarks/throughput.py                      # default model, heads, XLA, bfloat16
+    python benchmarks/throughput.py                      # CPU: default model, layouts, heads, XLA, bfloat16
     python benchmarks/throughput.py --variants default   # just the default
+    KERAS_BACKEND=jax python benchmarks/throughput.py --variants gpu-size,gpu-size-float16 \\
+        --batch-size 256 --images 25600                  # a GPU: float32 against mixed float16
 
-Each variant trains on random uint8 images of the default captcha (160 x 60 grey, 6 of 62)
-for --epochs short epochs; the best epoch after the first (compilation) is reported, as
-images per second, with its ratio to the default. Timings are noisy on shared machines:
-compare ratios from one run, not figures across runs.
+Each variant trains on random uint8 images of the default captcha (160 x 60 grey, 6 of 62).
+The variants take turns, one epoch each, for --rounds rounds, so that a noisy machine slows
+all of them alike; the first round (compilation) is not counted and the best later epoch is
+reported, as images per second, with its ratio to the first variant listed.
 """
 
 from __future__ import annotations
@@ -22,60 +24,67 @@ import caocrvfy  # noqa: F401
 from caocrvfy.model_enhanced import build_model, compile_model
 from caocrvfy.pipeline import encode_targets
 
-VARIANTS = {
+GPU_SIZE = {"filters": (64, 128, 192, 256), "dense_units": 256, "rnn_units": 192}
+VARIANTS = {  # name: (build_model arguments, options)
     "default": ({}, {}),
     "softmax-head": ({"head": "softmax"}, {}),
     "sigmoid-head": ({"head": "sigmoid"}, {}),
     "conv-sequence": ({"sequence": "conv"}, {}),
     "patch-stem": ({"stem": "patch"}, {}),
+    "column-stride-8": ({"column_stride": 8}, {}),
     "xla": ({}, {"jit_compile": True}),
     "bfloat16": ({}, {"policy": "mixed_bfloat16"}),
-    "gpu-size": ({"filters": (64, 128, 192, 256), "dense_units": 256, "rnn_units": 192}, {}),
+    "gpu-size": (GPU_SIZE, {}),
+    "gpu-size-float16": (GPU_SIZE, {"policy": "mixed_float16"}),
 }
+CPU_VARIANTS = "default,column-stride-8,softmax-head,sigmoid-head,conv-sequence,patch-stem,xla,bfloat16"
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-
-
-def measure(name: str, images: int, epochs: int, batch_size: int) -> dict:
+def build(name: str) -> keras.Model:
     build_kwargs, options = VARIANTS[name]
     keras.mixed_precision.set_global_policy(options.get("policy", "float32"))
-    model = build_model(**build_kwargs)
-    compile_model(model, jit_compile=options.get("jit_compile", False))
-    head = build_kwargs.get("head", "ctc")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (images, 60, 160, 1), dtype=np.uint8)
-    y = np.asarray(encode_targets(rng.integers(1, 63, (images, 6)).astype(np.int32), head, 62))
-    timer = _EpochTimer()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[timer])
-    train_rate = images / min(timer.seconds[1:])
-    model.predict(x[:batch_size], verbose=0)
-    start = time.perf_counter()
-    model.predict(x, batch_size=256, verbose=0)
-    keras.mixed_precision.set_global_policy("float32")
-    return {"variant": name, "params": model.count_params(), "train_images_per_s": train_rate,
-            "predict_images_per_s": images / (time.perf_counter() - start)}
+    try:
+        model = build_model(**build_kwargs)
+        # JAX without jit runs op by op, so only TensorFlow gets the choice (as in training).
+        jit = options.get("jit_compile", False) if keras.backend.backend() == "tensorflow" else True
+        compile_model(model, jit_compile=jit)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return model
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: all)")
+    p.add_argument("--variants", default=CPU_VARIANTS, help=f"comma-separated from {', '.join(VARIANTS)} "
+                   f"(default: {CPU_VARIANTS})")
     p.add_argument("--images", type=int, default=1536, help="images per epoch (default 1536)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs, the first one not counted (default 4)")
+    p.add_argument("--rounds", type=int, default=4, help="epochs per variant, the first not counted (default 4)")
     p.add_argument("--batch-size", type=int, default=64, help="(default 64)")
     args = p.parse_args()
-    rows = [measure(v, args.images, args.epochs, args.batch_size) for v in args.variants.split(",")]
-    base = next((r for r in rows if r["variant"] == "default"), rows[0])
-    print("| variant | parameters | train images/s | vs default | predict images/s |")
+    names = args.variants.split(",")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (args.images, 60, 160, 1), dtype=np.uint8)
+    labels = rng.integers(1, 63, (args.images, 6)).astype(np.int32)
+    models = {name: build(name) for name in names}
+    targets = {name: np.asarray(encode_targets(labels, VARIANTS[name][0].get("head", "ctc"), 62)) for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.fit(x, targets[name], batch_size=args.batch_size, epochs=1, verbose=0)
+            seconds[name].append(time.perf_counter() - start)
+    rows = []
+    for name, model in models.items():
+        model.predict(x[: args.batch_size], verbose=0)
+        start = time.perf_counter()
+        model.predict(x, batch_size=256, verbose=0)
+        rows.append({"variant": name, "params": model.count_params(),
+                     "train_images_per_s": args.images / min(seconds[name][1:]),
+                     "predict_images_per_s": args.images / (time.perf_counter() - start)})
+    base = rows[0]
+    print(f"backend {keras.backend.backend()}, devices {keras.distribution.list_devices()}, "
+          f"batch {args.batch_size}, {args.images} images per epoch, {args.rounds} rounds")
+    print(f"| variant | parameters | train images/s | vs {base['variant']} | predict images/s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['variant']} | {r['params']:,} | {r['train_images_per_s']:.0f} | "

@@ -121,9 +121,8 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        terms = "".join(
-            f" {k}={logs[k]:.4f}" for k in sorted(logs) if k.endswith("_term") and not k.startswith("val_")
-        )
+        terms = " ".join(f"{k[:-5]}={logs[k]:.4f}" for k in logs if k.endswith("_term") and not k.startswith("val_"))
+        terms = f" ({terms})" if terms else ""
         log.info(
             f"epoch {epoch + 1:3d}/{self.epochs} loss={logs.get('loss', math.nan):.4f}{terms} "
             f"val_loss={logs.get('val_loss', math.nan):.4f} "
@@ -186,27 +185,37 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Saves the best model (by `MONITOR`) as model.keras and, every epoch, the last model with
-    its optimizer plus state.json, so `--resume` loses at most the epoch in progress."""
+    """Saves the best model as model.keras and, every epoch, the last model with its optimizer
+    plus state.json, so `--resume` loses at most the epoch in progress.
+
+    Best means the highest `MONITOR`; on a tie, the lower validation loss. Small validation
+    sets reach 100% full-match early, and the loss still tells the later, better epochs apart.
+    """
 
     def __init__(self, run_dir: Path, early_stopping: ResumableEarlyStopping,
-                 plateau: ResumableReduceLROnPlateau, best: float | None = None):
+                 plateau: ResumableReduceLROnPlateau, best: float | None = None, best_loss: float | None = None):
         super().__init__()
         self.run_dir = run_dir
         self.early_stopping, self.plateau = early_stopping, plateau
-        self.best = best
+        self.best, self.best_loss = best, best_loss
+
+    def is_better(self, score: float, loss: float | None) -> bool:
+        if self.best is None or score > self.best:
+            return True
+        return score == self.best and loss is not None and (self.best_loss is None or loss < self.best_loss)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        score = logs.get(MONITOR)
-        if score is not None and (self.best is None or score > self.best):
-            self.best = float(score)
+        score, loss = logs.get(MONITOR), logs.get("val_loss")
+        if score is not None and self.is_better(float(score), None if loss is None else float(loss)):
+            self.best, self.best_loss = float(score), None if loss is None else float(loss)
             save_model_atomic(self.model, self.run_dir / "model.keras")
         save_model_atomic(self.model, self.run_dir / "last.keras")
         write_json_atomic(
             {
                 "epoch": epoch + 1,
                 "best": self.best,
+                "best_loss": self.best_loss,
                 "learning_rate": current_lr(self.model),
                 "early_stopping": self.early_stopping.state(),
                 "plateau": self.plateau.state(),

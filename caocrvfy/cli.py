@@ -114,7 +114,8 @@ def _serve(args) -> int:
     from caocrvfy.predict import Predictor
 
     limits = Limits(args.max_body_bytes, args.max_images, args.max_pixels)
-    run(Predictor.load(args.model), args.host, args.port, limits, args.log_level)
+    window = None if args.no_batching else args.batch_window_ms
+    run(Predictor.load(args.model), args.host, args.port, limits, args.log_level, window)
     return 0
 
 
@@ -165,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
     g.add_argument("--max-pixels", type=int, default=4_000_000,
                    help="width x height per image, checked before decoding (default 4000000)")
+    g.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="how long the model waits to gather concurrent requests into one batch; 0 reads together "
+                        "only what arrived while it was busy (default 0)")
+    g.add_argument("--no-batching", action="store_true", help="read one request at a time (see BENCHMARKS.md)")
     g.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     g.set_defaults(func=_serve)
     return p

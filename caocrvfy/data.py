@@ -185,9 +185,16 @@ class SyntheticStream:
         job = (self.spec, 64, self.channels)
         while not self._stop.is_set():
             # Bounded rounds: an endless job iterator would be drained into the task queue at once.
-            for images, labels in self._pool.imap_unordered(_array_chunk, [job] * (2 * self._workers)):
-                if self._stop.is_set():
-                    return
+            chunks = self._pool.imap_unordered(_array_chunk, [job] * (2 * self._workers))
+            for _ in range(2 * self._workers):
+                while True:  # wake up now and then, so that close() is never left waiting
+                    if self._stop.is_set():
+                        return
+                    try:
+                        images, labels = chunks.next(timeout=0.5)
+                        break
+                    except mp.TimeoutError:
+                        continue
                 self._store(images, labels)
                 if not self._ready.is_set():
                     progress.update(len(labels))
@@ -212,7 +219,9 @@ class SyntheticStream:
             return self.images[idx], self.labels[idx]
 
     def close(self) -> None:
+        """Stops the filling thread (within about half a second), then the drawing processes."""
         self._stop.set()
+        self._thread.join(timeout=5)
         self._pool.terminate()
 
 

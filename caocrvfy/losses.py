@@ -36,3 +36,104 @@ class FocalCTCLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(gamma=self.gamma, alpha=self.alpha)
         return config
+
+
+# ---------------------------------------------------------------- per-position heads
+
+LOSS_TERMS = ("focal", "ce", "dice", "tversky")
+
+
+def parse_loss(spec: str, weights=None) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """'focal+dice' and '0.7,1.8' -> (('focal', 'dice'), (0.7, 1.8)); weights default to 1."""
+    terms = tuple(t.strip() for t in spec.split("+") if t.strip())
+    unknown = [t for t in terms if t not in LOSS_TERMS]
+    if not terms or unknown:
+        raise ValueError(f"loss {spec!r}: use terms from {', '.join(LOSS_TERMS)} joined by '+', "
+                         "for example focal+dice")
+    if isinstance(weights, str):
+        weights = [float(w) for w in weights.split(",")]
+    weights = tuple(float(w) for w in weights) if weights else (1.0,) * len(terms)
+    if len(weights) != len(terms):
+        raise ValueError(f"loss {spec!r} has {len(terms)} term(s) but {len(weights)} weight(s)")
+    return terms, weights
+
+
+def term_loss(term: str, head: str, gamma: float = 2.0, alpha: float = 0.25, label_smoothing: float = 0.0,
+              tversky_alpha: float = 0.7, tversky_beta: float = 0.3):
+    """One term as a function (y_true, y_pred) -> values per position (batch, positions) for
+    `focal` and `ce`, per captcha (batch,) for `dice` and `tversky`."""
+    from caocrvfy.focal_loss import binary_focal_loss
+
+    if term == "focal" and head == "sigmoid":
+        return lambda y, p: binary_focal_loss(y, p, gamma, alpha, label_smoothing=label_smoothing)
+    if term == "focal":
+        return lambda y, p: keras.losses.categorical_focal_crossentropy(y, p, alpha=alpha, gamma=gamma,
+                                                                        label_smoothing=label_smoothing)
+    if term == "ce" and head == "sigmoid":
+        return lambda y, p: keras.losses.binary_crossentropy(y, p, label_smoothing=label_smoothing)
+    if term == "ce":
+        return lambda y, p: keras.losses.categorical_crossentropy(y, p, label_smoothing=label_smoothing)
+    if term == "dice":
+        return lambda y, p: keras.losses.dice(y, p, axis=(1, 2))
+    if term == "tversky":
+        return lambda y, p: keras.losses.tversky(y, p, tversky_alpha, tversky_beta, axis=(1, 2))
+    raise ValueError(f"unknown loss term {term!r}")
+
+
+@keras.saving.register_keras_serializable(package="caocrvfy")
+class PositionLoss(keras.losses.Loss):
+    """Weighted sum of loss terms for the per-position heads (sigmoid, softmax).
+
+    Terms: `focal` (BinaryFocalLoss's function for sigmoid, categorical focal for softmax),
+    `ce` (cross-entropy), `dice` (soft F1 over all of a captcha's outputs, Keras's dice) and
+    `tversky` (Keras's tversky: `tversky_alpha` weighs missed characters, y (1 - p), and
+    `tversky_beta` spurious ones). `class_weights` (one per character) scale the focal and ce
+    terms at each position by the weight of its true character.
+    """
+
+    def __init__(self, head="softmax", terms=("focal",), weights=(1.0,), gamma=2.0, alpha=0.25,
+                 label_smoothing=0.0, tversky_alpha=0.7, tversky_beta=0.3, class_weights=None,
+                 name="position_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.head, self.terms, self.weights = head, tuple(terms), tuple(float(w) for w in weights)
+        self.gamma, self.alpha, self.label_smoothing = gamma, alpha, label_smoothing
+        self.tversky_alpha, self.tversky_beta = tversky_alpha, tversky_beta
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+
+    def term_values(self, y_true, y_pred) -> dict:
+        """Each term's weighted value per captcha, (batch,), by term name."""
+        y_true = ops.cast(y_true, y_pred.dtype)
+        values = {}
+        for term, weight in zip(self.terms, self.weights):
+            value = term_loss(term, self.head, self.gamma, self.alpha, self.label_smoothing,
+                              self.tversky_alpha, self.tversky_beta)(y_true, y_pred)
+            if term in ("focal", "ce"):
+                if self.class_weights is not None:
+                    per_character = ops.convert_to_tensor(self.class_weights, value.dtype)
+                    value = value * ops.sum(y_true * per_character, -1)
+                value = ops.mean(value, -1)
+            values[term] = weight * value
+        return values
+
+    def call(self, y_true, y_pred):
+        return sum(self.term_values(y_true, y_pred).values())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(head=self.head, terms=list(self.terms), weights=list(self.weights), gamma=self.gamma,
+                      alpha=self.alpha, label_smoothing=self.label_smoothing, tversky_alpha=self.tversky_alpha,
+                      tversky_beta=self.tversky_beta, class_weights=self.class_weights)
+        return config
+
+
+def term_metrics(loss: PositionLoss) -> list:
+    """One metric per term of a multi-term loss, named `<term>_term`, so each epoch line can show
+    what the loss is made of."""
+    if len(loss.terms) < 2:
+        return []
+
+    def metric(term):
+        def fn(y_true, y_pred):
+            return loss.term_values(y_true, y_pred)[term]
+        return keras.metrics.MeanMetricWrapper(fn, name=f"{term}_term")
+    return [metric(term) for term in loss.terms]

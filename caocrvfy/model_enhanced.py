@@ -14,7 +14,7 @@ import keras
 from keras import layers
 
 from caocrvfy.focal_loss import BinaryFocalLoss
-from caocrvfy.losses import FocalCTCLoss
+from caocrvfy.losses import FocalCTCLoss, PositionLoss, parse_loss, term_metrics
 from caocrvfy.metrics import HEADS, metrics_for
 
 DEFAULT_LEARNING_RATE = 0.0012
@@ -54,6 +54,7 @@ def build_model(
     rnn_units: int = 96,
     sequence: str = "gru",
     stem: str = "conv",
+    column_stride: int = 4,
     attention: bool = True,
     augment: bool = False,
     conv_dropout: float = 0.2,
@@ -61,17 +62,22 @@ def build_model(
 ) -> keras.Model:
     """Builds the reader. Input: uint8 images (height, width, channels); scaling is inside.
 
-    A stride-2 stem and a 2x2 pooling leave width / 4 columns (CTC time steps); later
-    stages pool height only, down to 2 or 3 rows. Output: (batch, width / 4, num_classes + 1) for `ctc`,
-    (batch, max_length, num_classes) otherwise.
+    A stride-2 stem and a 2x2 pooling leave width / 4 columns; with `column_stride=8` the
+    first stage pools 2x2 as well, leaving width / 8 (half the work after it). Later stages
+    pool height only, down to 2 or 3 rows. The columns are the CTC time steps. Output:
+    (batch, width / column_stride, num_classes + 1) for `ctc`, (batch, max_length, num_classes)
+    otherwise.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+    if column_stride not in (4, 8):
+        raise ValueError(f"column_stride must be 4 or 8, not {column_stride!r}")
     height, width, _ = input_shape
-    steps = -(-width // 4)
+    steps = -(-width // column_stride)
     if head == "ctc" and steps < 2 * max_length + 1:
         raise ValueError(f"width {width} gives {steps} CTC steps, too few for {max_length} characters; "
-                         f"use a width of at least {4 * (2 * max_length + 1)}.")
+                         f"use a width of at least {column_stride * (2 * max_length + 1)}"
+                         f"{' or a column stride of 4' if column_stride == 8 else ''}.")
     inputs = keras.Input(input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1 / 255, name="scale")(inputs)
     if augment:
@@ -85,7 +91,8 @@ def build_model(
     for i, f in enumerate(filters[1:], start=1):
         x = _conv_block(x, f, name=f"stage{i}")
         if x.shape[1] >= 4:
-            x = layers.MaxPooling2D((2, 1), padding="same", name=f"stage{i}_pool")(x)
+            pool = (2, 2) if i == 1 and column_stride == 8 else (2, 1)
+            x = layers.MaxPooling2D(pool, padding="same", name=f"stage{i}_pool")(x)
     if attention:
         x = _channel_attention(x)
     x = layers.Dropout(conv_dropout, name="conv_dropout")(x)
@@ -124,17 +131,31 @@ def model_head(model: keras.Model) -> str:
 
 
 def make_loss(head: str, use_focal_loss: bool = True, focal_gamma: float = 2.0, focal_alpha: float = 0.25,
-              label_smoothing: float = 0.0) -> keras.losses.Loss:
+              label_smoothing: float = 0.0, loss: str = "focal", loss_weights=None, class_weights=None,
+              tversky_alpha: float = 0.7, tversky_beta: float = 0.3) -> keras.losses.Loss:
+    """The head's loss. `loss` names terms joined by '+' (focal, ce, dice, tversky) with
+    `loss_weights`; `use_focal_loss=False` turns `focal` into `ce`. One plain term gives the
+    product's own classes (BinaryFocalLoss, Keras's categorical focal, FocalCTCLoss); sums,
+    Dice/Tversky and class weights give a `PositionLoss`."""
+    terms, weights = parse_loss(loss, loss_weights)
+    if not use_focal_loss:
+        terms = tuple("ce" if t == "focal" else t for t in terms)
     if head == "ctc":
-        return FocalCTCLoss(gamma=focal_gamma if use_focal_loss else 0.0)
-    if head == "softmax":
-        if use_focal_loss:
+        if len(terms) > 1 or terms[0] not in ("focal", "ce") or class_weights is not None:
+            raise ValueError(f"the CTC head takes the loss 'focal' or 'ce', not {loss!r} or class weights: "
+                             "Dice, Tversky and class weights need per-position outputs (--head softmax or sigmoid)")
+        return FocalCTCLoss(gamma=focal_gamma if terms[0] == "focal" else 0.0, alpha=weights[0])
+    if len(terms) == 1 and weights == (1.0,) and class_weights is None and terms[0] in ("focal", "ce"):
+        if head == "softmax" and terms[0] == "focal":
             return keras.losses.CategoricalFocalCrossentropy(alpha=focal_alpha, gamma=focal_gamma,
                                                              label_smoothing=label_smoothing)
-        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    if use_focal_loss:
-        return BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, label_smoothing=label_smoothing)
-    return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+        if head == "softmax":
+            return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        if terms[0] == "focal":
+            return BinaryFocalLoss(gamma=focal_gamma, alpha=focal_alpha, label_smoothing=label_smoothing)
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    return PositionLoss(head, terms, weights, focal_gamma, focal_alpha, label_smoothing, tversky_alpha,
+                        tversky_beta, class_weights)
 
 
 def compile_model(
@@ -145,14 +166,18 @@ def compile_model(
     focal_alpha: float = 0.25,
     label_smoothing: float = 0.0,
     jit_compile: bool | str = "auto",
+    **loss_options,
 ) -> keras.Model:
     """Adam (initial rate 0.0012) and the head's loss: BinaryFocalLoss for sigmoid, categorical
-    focal for softmax, focal-weighted CTC for ctc; cross-entropy when `use_focal_loss` is off."""
+    focal for softmax, focal-weighted CTC for ctc; cross-entropy when `use_focal_loss` is off.
+    `loss_options` go to `make_loss` (loss, loss_weights, class_weights, tversky_alpha/beta);
+    a loss of several terms adds one `<term>_term` metric per term."""
     head = model_head(model)
+    loss = make_loss(head, use_focal_loss, focal_gamma, focal_alpha, label_smoothing, **loss_options)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate or DEFAULT_LEARNING_RATE),
-        loss=make_loss(head, use_focal_loss, focal_gamma, focal_alpha, label_smoothing),
-        metrics=metrics_for(head),
+        loss=loss,
+        metrics=metrics_for(head) + (term_metrics(loss) if isinstance(loss, PositionLoss) else []),
         jit_compile=jit_compile,
     )
     return model

@@ -31,9 +31,86 @@ class Prediction:
     confidence: float
 
 
-def decode_outputs(outputs: np.ndarray, head: str, charset: str) -> list[Prediction]:
-    """Turns raw model outputs into strings; confidence is the probability of the read path
-    (product of the chosen class probabilities over positions or CTC steps)."""
+def ctc_label_probability(probs: np.ndarray, label: np.ndarray) -> float:
+    """P(label | image) under CTC: the sum over every alignment of `label` (1-based class
+    indices, blank 0) of the product of its per-step probabilities (the forward algorithm,
+    rescaled at each step). `probs` is one image's (steps, blank + classes) softmax output."""
+    extended = np.zeros(2 * len(label) + 1, np.int64)
+    extended[1::2] = label
+    # A step may skip the blank between two different characters.
+    skip = np.zeros(len(extended), bool)
+    skip[3::2] = extended[3::2] != extended[1:-2:2]
+    alpha = np.zeros(len(extended))
+    alpha[0] = probs[0, 0]
+    if len(extended) > 1:
+        alpha[1] = probs[0, extended[1]]
+    log_scale = 0.0
+    for t in range(1, len(probs)):
+        moved = alpha.copy()
+        moved[1:] += alpha[:-1]
+        moved[2:] += np.where(skip[2:], alpha[:-2], 0.0)
+        alpha = moved * probs[t, extended]
+        total = alpha.sum()
+        if total <= 0:
+            return 0.0
+        alpha /= total
+        log_scale += np.log(total)
+    return float(np.exp(log_scale + np.log(max(alpha[-2:].sum() if len(alpha) > 1 else alpha[-1], 1e-300))))
+
+
+def ctc_best_path_of_length(probs: np.ndarray, length: int) -> np.ndarray | None:
+    """The most probable CTC path that reads exactly `length` characters (Viterbi over the
+    number of characters read so far and the last symbol); its 1-based classes, or None when
+    the output has too few steps."""
+    steps, symbols = probs.shape
+    logp = np.log(np.clip(probs, 1e-30, 1.0))
+    # score[k, s]: best log probability of a path prefix that has read k characters and whose
+    # last symbol is s (0 = blank); back[t, k, s] = (k, s) it came from.
+    score = np.full((length + 1, symbols), -np.inf)
+    score[0, 0] = logp[0, 0]
+    if length:
+        score[1, 1:] = logp[0, 1:]
+    back = np.zeros((steps, length + 1, symbols, 2), np.int64)
+    for t in range(1, steps):
+        new = np.full_like(score, -np.inf)
+        # A blank keeps the count: from any symbol.
+        from_any = score.argmax(1)
+        new[:, 0] = score[np.arange(length + 1), from_any] + logp[t, 0]
+        back[t, :, 0, 0], back[t, :, 0, 1] = np.arange(length + 1), from_any
+        # Repeating the last character keeps the count.
+        stay = score[:, 1:] + logp[t, 1:]
+        new[:, 1:] = stay
+        back[t, :, 1:, 0] = np.arange(length + 1)[:, None]
+        back[t, :, 1:, 1] = np.arange(1, symbols)[None, :]
+        # A new character (after a blank or a different character) adds one.
+        for c in range(1, symbols):
+            others = score[:-1].copy()
+            others[:, c] = -np.inf
+            best_prev = others.argmax(1)
+            moved = others[np.arange(length), best_prev] + logp[t, c]
+            better = moved > new[1:, c]
+            new[1:, c] = np.where(better, moved, new[1:, c])
+            back[t, 1:, c, 0] = np.where(better, np.arange(length), back[t, 1:, c, 0])
+            back[t, 1:, c, 1] = np.where(better, best_prev, back[t, 1:, c, 1])
+        score = new
+    if not np.isfinite(score[length]).any():
+        return None
+    k, s = length, int(score[length].argmax())
+    path = [s]
+    for t in range(steps - 1, 0, -1):
+        k, s = back[t, k, s]
+        path.append(int(s))
+    path = np.array(path[::-1])
+    keep = (path != 0) & np.concatenate([[True], path[1:] != path[:-1]])
+    return path[keep]
+
+
+def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | None = None) -> list[Prediction]:
+    """Turns raw model outputs into strings with a confidence: for CTC, the probability of the
+    read string summed over all its alignments (`ctc_label_probability`); for the per-position
+    heads, the product of the chosen class probabilities. `length`: every string has exactly
+    this many characters (a fixed-length model), so a CTC read of another length is replaced by
+    the best path of that length."""
     outputs = np.asarray(outputs, dtype=np.float32)
     best = outputs.argmax(-1)
     chosen = np.take_along_axis(outputs, best[..., None], -1)[..., 0]
@@ -41,10 +118,15 @@ def decode_outputs(outputs: np.ndarray, head: str, charset: str) -> list[Predict
         chosen = chosen / np.maximum(outputs.sum(-1), 1e-12)
     confidence = np.exp(np.log(np.clip(chosen, 1e-12, 1.0)).sum(-1))
     results = []
-    for row, conf in zip(best, confidence):
+    for row, conf, probs in zip(best, confidence, outputs):
         if head == "ctc":
             keep = (row != 0) & np.concatenate([[True], row[1:] != row[:-1]])
-            text = decode_indices(row[keep], charset)
+            label = row[keep]
+            if length and len(label) != length:
+                label = ctc_best_path_of_length(probs, length)
+                label = row[keep] if label is None else label
+            text = decode_indices(label, charset)
+            conf = min(1.0, ctc_label_probability(probs.astype(np.float64), label))
         else:
             text = decode_indices(row + 1, charset)
         results.append(Prediction(text, float(conf)))
@@ -80,6 +162,8 @@ class Predictor:
         self.head: str = resolved["head"]
         self.height, self.width, self.channels = resolved["input_shape"]
         self.ignore_case: bool = config.get("ignore_case", False)
+        # Every training label had this many characters: CTC reads are held to it.
+        self.length: int | None = resolved.get("max_length") if resolved.get("fixed_length") else None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Predictor":
@@ -122,7 +206,7 @@ class Predictor:
                 outputs.append(np.asarray(self.model(batch)))
         if not outputs:
             return []
-        return decode_outputs(np.concatenate(outputs), self.head, self.charset)
+        return decode_outputs(np.concatenate(outputs), self.head, self.charset, self.length)
 
     def predict(self, images: list, batch_size: int = 256) -> list[Prediction]:
         """Reads each image; raises DataError naming the first one that cannot be decoded."""

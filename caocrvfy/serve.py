@@ -13,10 +13,13 @@ per image) are `Limits` fields and `caocrvfy serve` options.
 
 import base64
 import binascii
+import concurrent.futures
 import io
 import json
 import logging
+import queue
 import threading
+import time
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -184,6 +187,64 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class MicroBatcher:
+    """Runs the model for many requests at once: one thread takes the images of every request
+    waiting (up to `max_batch`, and for up to `window_s` after the first), reads them in one
+    model call and hands each request its share. With `window_s` 0 nothing waits on purpose:
+    requests that arrive while the model is busy are read together in its next call.
+    """
+
+    def __init__(self, predict_arrays, max_batch: int = 256, window_s: float = 0.0):
+        self.predict_arrays, self.max_batch, self.window_s = predict_arrays, max_batch, window_s
+        self.jobs: queue.Queue = queue.Queue()
+        self.calls = self.images = 0  # model calls and images read, for /model and tests
+        self.thread = threading.Thread(target=self._loop, name="caocrvfy-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, arrays: list[np.ndarray]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.jobs.put((arrays, future))
+        return future
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=10)
+
+    def _take(self) -> list | None:
+        first = self.jobs.get()
+        if first is None:
+            return None
+        taken, size = [first], len(first[0])
+        deadline = time.monotonic() + self.window_s
+        while size < self.max_batch:
+            try:
+                job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic())) if self.window_s \
+                    else self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # stop after this batch
+                break
+            taken.append(job)
+            size += len(job[0])
+        return taken
+
+    def _loop(self) -> None:
+        while (taken := self._take()) is not None:
+            arrays = [a for job_arrays, _ in taken for a in job_arrays]
+            try:
+                results = self.predict_arrays(np.stack(arrays))
+            except Exception as exc:  # every waiting request gets the error; the thread goes on
+                for _, future in taken:
+                    future.set_exception(exc)
+                continue
+            self.calls, self.images = self.calls + 1, self.images + len(arrays)
+            start = 0
+            for job_arrays, future in taken:
+                future.set_result(results[start : start + len(job_arrays)])
+                start += len(job_arrays)
+
+
 def model_info(predictor: Predictor, limits: Limits) -> dict:
     """What /model answers: how the model reads, and its metrics.json when there is one."""
     path = predictor.path
@@ -216,8 +277,14 @@ _REQUEST_BODY = {
 }
 
 
-def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = True):
-    """The FastAPI app; model calls are serialised by a lock, decoding runs in worker threads."""
+def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = True,
+               batch_window_ms: float | None = 0.0):
+    """The FastAPI app. Decoding runs in worker threads; the model reads the images of
+    concurrent requests together (`MicroBatcher`, waiting up to `batch_window_ms` to gather
+    them) or, with `batch_window_ms=None`, one request at a time behind a lock."""
+    import asyncio
+    import contextlib
+
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
@@ -244,8 +311,24 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
 
     if warmup:  # the first call builds the graph; pay for it before the first request
         run_model([np.zeros((predictor.height, predictor.width, predictor.channels), np.uint8)])
+    batcher = None if batch_window_ms is None else MicroBatcher(
+        lambda batch: predictor.predict_arrays(batch), max_batch=max(limits.max_images, 256),
+        window_s=batch_window_ms / 1000)
 
-    app = FastAPI(title="caocrvfy", version=_version(), description="Read text captchas with a trained model.")
+    async def read(arrays: list[np.ndarray]):
+        if batcher is None:
+            return await run_in_threadpool(run_model, arrays)
+        return await asyncio.wrap_future(batcher.submit(arrays))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if batcher is not None:
+            batcher.close()
+
+    app = FastAPI(title="caocrvfy", version=_version(), description="Read text captchas with a trained model.",
+                  lifespan=lifespan)
+    app.state.batcher = batcher
     info = model_info(predictor, limits)
 
     @app.exception_handler(RequestError)
@@ -273,7 +356,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         items = await read_images(request, limits)
         arrays = await run_in_threadpool(
             lambda: [decode_upload(data, label, predictor, limits.max_pixels) for label, _, data in items])
-        results = await run_in_threadpool(run_model, arrays)
+        results = await read(arrays)
         return {"predictions": [
             {"index": i, "text": p.text, "confidence": round(p.confidence, 6)} | ({"file": name} if name else {})
             for i, ((_, name, _), p) in enumerate(zip(items, results))]}
@@ -297,10 +380,12 @@ def _version() -> str:
     return __version__
 
 
-def run(predictor: Predictor, host: str, port: int, limits: Limits = Limits(), log_level: str = "info") -> None:
+def run(predictor: Predictor, host: str, port: int, limits: Limits = Limits(), log_level: str = "info",
+        batch_window_ms: float | None = 0.0) -> None:
     """Serves until interrupted (Ctrl-C or SIGTERM)."""
     import uvicorn
 
-    app = create_app(predictor, limits)
-    log.info(f"serving {predictor.path} on http://{host}:{port} (docs at /docs)")
+    app = create_app(predictor, limits, batch_window_ms=batch_window_ms)
+    batching = "off" if batch_window_ms is None else f"on, window {batch_window_ms:g} ms"
+    log.info(f"serving {predictor.path} on http://{host}:{port} (docs at /docs); server-side batching {batching}")
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -4,6 +4,10 @@
     python caocrvfy/train.py --data path/to/labelled/folder          # your own captchas
     python caocrvfy/train.py --resume models/runs/20261123-031500    # carry on after a stop
 
+Several GPUs are used together (tf.distribute.MirroredStrategy) when TensorFlow sees more than
+one; several machines train together (MultiWorkerMirroredStrategy) when TF_CONFIG names a
+cluster: start the same command on each, with its own task index (see README.md).
+
 Writes model.keras (best by validation full-match), config.json, history.csv, curves.png and
 metrics.json into --out (default: a new folder under models/runs/).
 """
@@ -60,18 +64,24 @@ class TrainConfig:
     rnn_units: int = 96
     sequence: str = "gru"
     stem: str = "conv"
+    column_stride: int = 4
     attention: bool = True
     augment: str = "auto"
     init: str | None = None
     # optimisation
     epochs: int = 150
-    batch_size: int = 64
+    batch_size: int | None = None  # None: SMALL_BATCH for small labelled sets, else 64
     learning_rate: float = 0.0012
     warmup_epochs: float = 2.0
     use_focal_loss: bool = True
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
     label_smoothing: float = 0.0
+    loss: str = "focal"
+    loss_weights: str | None = None
+    class_weights: bool = False
+    tversky_alpha: float = 0.7
+    tversky_beta: float = 0.3
     schedule: str = "plateau"
     patience: int = 35
     plateau_patience: int = 8
@@ -89,6 +99,7 @@ class TrainConfig:
 
 
 AUGMENT_BELOW = 5_000  # labelled images; below this augmentation is on unless switched off
+SMALL_SET_BELOW, SMALL_BATCH, BATCH = 2_000, 16, 64  # labelled images; batch size below and above
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequence", choices=("gru", "conv"), default=d.sequence,
                    help=f"CTC sequence layer (default {d.sequence})")
     g.add_argument("--stem", choices=("conv", "patch"), default=d.stem, help=f"(default {d.stem})")
+    g.add_argument("--column-stride", type=int, choices=(4, 8), default=d.column_stride,
+                   help=f"image columns per CTC step (default {d.column_stride}; 8 halves the work after the "
+                        "first stage)")
     g.add_argument("--no-attention", dest="attention", action="store_false",
                    help="drop the channel attention after the last convolution")
     g.add_argument("--augment", choices=("auto", "on", "off"), default=d.augment,
@@ -139,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "new when the number of characters differs")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"(default {BATCH}; {SMALL_BATCH} for fewer than {SMALL_SET_BELOW} labelled training images, "
+                        "which need more, smaller steps)")
     g.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"(default {d.learning_rate})")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help=f"(default {d.warmup_epochs})")
     g.add_argument("--no-focal-loss", dest="use_focal_loss", action="store_false",
@@ -147,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--focal-gamma", type=float, default=d.focal_gamma, help=f"(default {d.focal_gamma})")
     g.add_argument("--focal-alpha", type=float, default=d.focal_alpha, help=f"(default {d.focal_alpha})")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default 0)")
+    g.add_argument("--loss", default=d.loss,
+                   help="loss terms joined by '+': focal, ce, dice (soft F1), tversky; for example focal+dice. "
+                        "dice and tversky need --head softmax or sigmoid (default focal)")
+    g.add_argument("--loss-weights", help="one weight per --loss term, comma-separated, e.g. 0.7,1.8 (default 1 each)")
+    g.add_argument("--class-weights", action="store_true",
+                   help="weigh each character's focal/ce loss by its inverse frequency in the training labels")
+    g.add_argument("--tversky-alpha", type=float, default=d.tversky_alpha,
+                   help=f"Tversky weight of missed characters (default {d.tversky_alpha})")
+    g.add_argument("--tversky-beta", type=float, default=d.tversky_beta,
+                   help=f"Tversky weight of spurious characters (default {d.tversky_beta})")
     g.add_argument("--schedule", choices=("plateau", "cosine"), default=d.schedule,
                    help="after warmup: ReduceLROnPlateau on validation loss, or cosine decay to the end of "
                         "--time-limit (or --epochs) (default plateau)")
@@ -263,7 +289,9 @@ def transfer_weights(source, target) -> int:
     return copied
 
 
-ARCHITECTURE = ("filters", "dense_units", "rnn_units", "sequence", "stem", "attention", "channels")
+ARCHITECTURE = ("filters", "dense_units", "rnn_units", "sequence", "stem", "column_stride", "attention",
+                "channels")
+LEGACY_ARCHITECTURE = {"column_stride": 4}  # what models saved before a setting existed were built with
 
 
 def load_init(cfg: TrainConfig):
@@ -282,26 +310,99 @@ def load_init(cfg: TrainConfig):
                         "or the model.keras written by `caocrvfy train`.") from exc
     saved = json.loads(config_path.read_text())
     for name in ARCHITECTURE:
-        if name in saved:
-            setattr(cfg, name, tuple(saved[name]) if name == "filters" else saved[name])
+        value = saved.get(name, LEGACY_ARCHITECTURE.get(name))
+        if value is not None:
+            setattr(cfg, name, tuple(value) if name == "filters" else value)
     return source
+
+
+def class_weights_for(labels: np.ndarray, num_classes: int) -> list[float]:
+    """Inverse character frequency in 1-based padded labels, clipped to [0.25, 4], mean 1."""
+    counts = np.bincount(labels[labels > 0] - 1, minlength=num_classes).astype(np.float64)
+    weights = np.clip(counts.mean() / np.maximum(counts, 1), 0.25, 4.0)
+    return (weights / weights.mean()).round(4).tolist()
+
+
+def loss_options(cfg: TrainConfig) -> dict:
+    return dict(loss=cfg.loss, loss_weights=cfg.loss_weights, class_weights=cfg.resolved.get("class_weights"),
+                tversky_alpha=cfg.tversky_alpha, tversky_beta=cfg.tversky_beta)
+
+
+def distribution_strategy():
+    """(strategy, is_chief, worker index): MultiWorkerMirroredStrategy when TF_CONFIG names a
+    cluster, MirroredStrategy when TensorFlow sees several GPUs, else (None, True, 0)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None, True, 0
+    import tensorflow as tf
+
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    if tf_config.get("cluster"):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        task = tf_config.get("task", {})
+        kind, index = task.get("type", "worker"), int(task.get("index", 0))
+        has_chief = "chief" in tf_config["cluster"]
+        is_chief = kind == "chief" or (not has_chief and kind == "worker" and index == 0)
+        log.info(f"multi-worker training: {kind} {index} of {strategy.num_replicas_in_sync} replicas"
+                 f"{' (chief: writes the run folder)' if is_chief else ''}")
+        return strategy, is_chief, index
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        log.info(f"training on {strategy.num_replicas_in_sync} GPUs (MirroredStrategy); "
+                 "--batch-size is the global batch")
+        return strategy, True, 0
+    return None, True, 0
+
+
+def _model_for(cfg: TrainConfig, state: dict, run_dir: Path, input_shape, charset: str, max_length: int,
+               head: str, augment: bool, init_source, jit):
+    """The compiled model and the epoch to start from: the last checkpoint on --resume, else
+    a new model (with --init's weights where they fit)."""
+    import keras
+
+    from caocrvfy.model_enhanced import build_model, compile_model
+
+    if state:
+        log.info(f"resuming after epoch {state['epoch']} at learning rate {state['learning_rate']:.2e}")
+        return keras.models.load_model(run_dir / "last.keras"), state["epoch"]
+    model = build_model(input_shape, len(charset), max_length, head, filters=tuple(cfg.filters),
+                        dense_units=cfg.dense_units, rnn_units=cfg.rnn_units, sequence=cfg.sequence,
+                        stem=cfg.stem, column_stride=cfg.column_stride, attention=cfg.attention,
+                        augment=augment)
+    if cfg.init:
+        copied = transfer_weights(init_source, model)
+        log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
+    compile_model(model, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha,
+                  cfg.label_smoothing, jit_compile=jit, **loss_options(cfg))
+    return model, 0
 
 
 def train(cfg: TrainConfig) -> Path:
     """Runs one training and returns the run folder."""
+    import contextlib
+    import shutil
+
     import keras
 
     import caocrvfy  # noqa: F401  (registers the custom objects for loading checkpoints)
     from caocrvfy import callbacks as cb
-    from caocrvfy.model_enhanced import build_model, compile_model
+    from caocrvfy.model_enhanced import compile_model
     from caocrvfy.pipeline import StreamBatches, make_dataset
     from caocrvfy.plots import plot_curves
 
-    run_dir = Path(cfg.out or PROJECT_ROOT / "models" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    # Multi-worker set-up must come before TensorFlow runs anything else.
+    strategy, is_chief, worker = distribution_strategy()
+    chief_dir = Path(cfg.out or PROJECT_ROOT / "models" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    # Other workers write their copies to a scratch folder, removed at the end; all resume from the chief's.
+    run_dir = chief_dir if is_chief else chief_dir / f".worker-{worker}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = json.loads((run_dir / "state.json").read_text()) if cfg.resume and (run_dir / "state.json").exists() else {}
+    scope = strategy.scope() if strategy else contextlib.nullcontext()
+    state_path = chief_dir / "state.json"
+    state = json.loads(state_path.read_text()) if cfg.resume and state_path.exists() else {}
     if cfg.resume and not state:
-        raise SystemExit(f"{run_dir} has no state.json: nothing to resume; start a new training instead.")
+        raise SystemExit(f"{chief_dir} has no state.json: nothing to resume; start a new training instead.")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -322,23 +423,17 @@ def train(cfg: TrainConfig) -> Path:
                         input_shape=list(input_shape), augment=augment, train_images=n_train,
                         val_images=len(val_data[0]), device=describe_device(),
                         keras_backend=keras.backend.backend(), keras_version=keras.__version__)
+    if cfg.class_weights and "class_weights" not in cfg.resolved:
+        sample = train_data[1] if train_data else val_data[1]  # a stream draws characters uniformly
+        cfg.resolved["class_weights"] = class_weights_for(sample, len(charset))
+    if cfg.batch_size is None:
+        cfg.batch_size = SMALL_BATCH if cfg.data is not None and n_train < SMALL_SET_BELOW else BATCH
     steps = cfg.steps_per_epoch or max(1, -(-n_train // cfg.batch_size))
     cfg.resolved["steps_per_epoch"] = steps
 
-    if state:
-        model = keras.models.load_model(run_dir / "last.keras")
-        initial_epoch = state["epoch"]
-        log.info(f"resuming after epoch {initial_epoch} at learning rate {state['learning_rate']:.2e}")
-    else:
-        model = build_model(input_shape, len(charset), max_length, head, filters=tuple(cfg.filters),
-                            dense_units=cfg.dense_units, rnn_units=cfg.rnn_units, sequence=cfg.sequence,
-                            stem=cfg.stem, attention=cfg.attention, augment=augment)
-        if cfg.init:
-            copied = transfer_weights(init_source, model)
-            log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
-        compile_model(model, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha,
-                      cfg.label_smoothing, jit_compile=jit)
-        initial_epoch = 0
+    with scope:
+        model, initial_epoch = _model_for(cfg, state, chief_dir, input_shape, charset, max_length, head, augment,
+                                          init_source, jit)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log.info(f"model {model.name}: {model.count_params():,} parameters, input {input_shape}, "
              f"{len(charset)} characters, up to {max_length} per captcha, augmentation {'on' if augment else 'off'}")
@@ -368,7 +463,7 @@ def train(cfg: TrainConfig) -> Path:
         cb.EpochLog(cfg.epochs),
         early,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
-        cb.Checkpoints(run_dir, early, plateau, best=state.get("best")),
+        cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss")),
     ]
     interrupted = False
     try:
@@ -390,16 +485,18 @@ def train(cfg: TrainConfig) -> Path:
     best = keras.models.load_model(run_dir / "model.keras", compile=False)
     cb.save_model_atomic(best, run_dir / "model.keras")
     compile_model(best, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing,
-                  jit_compile=jit)
+                  jit_compile=jit, **loss_options(cfg))
     scores = best.evaluate(val_ds, verbose=0, return_dict=True)
     metrics = {k: float(v) for k, v in scores.items()} | {"count": int(len(val_data[0])), "set": "validation"}
     cb.write_json_atomic(metrics, run_dir / "metrics.json")
     log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
              f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
              f"-> {run_dir / 'model.keras'}")
+    if not is_chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
     if interrupted:
         raise KeyboardInterrupt
-    return run_dir
+    return chief_dir
 
 
 def main(argv: list[str] | None = None) -> int:

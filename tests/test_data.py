@@ -74,6 +74,7 @@ def test_synthetic_stream_fills_and_samples(tiny_spec):
         assert images.reshape(8, -1).std(1).min() > 0  # drawn captchas, not the empty buffer
     finally:
         stream.close()
+    assert not stream._thread.is_alive()  # close() leaves no filling thread behind
 
 
 # ---------------------------------------------------------------- read_folder

@@ -72,3 +72,80 @@ def test_config_round_trip():
         assert type(copy) is FocalCTCLoss
         assert copy.get_config() == config
     assert keras.saving.get_registered_name(FocalCTCLoss) == "caocrvfy>FocalCTCLoss"
+
+
+# ---------------------------------------------------------------- per-position terms
+
+from caocrvfy.focal_loss import BinaryFocalLoss  # noqa: E402
+from caocrvfy.losses import PositionLoss, parse_loss  # noqa: E402
+from caocrvfy.model_enhanced import make_loss  # noqa: E402
+
+
+@pytest.fixture
+def position_batch():
+    """2 captchas, 2 positions, 3 characters: one-hot truth and softmax-like outputs."""
+    y_true = np.eye(3, dtype=np.float32)[[[0, 1], [2, 2]]]
+    y_pred = np.array([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], [[0.3, 0.3, 0.4], [0.5, 0.25, 0.25]]], np.float32)
+    return y_true, y_pred
+
+
+def test_parse_loss():
+    assert parse_loss("focal") == (("focal",), (1.0,))
+    assert parse_loss("focal+dice", "0.7,1.8") == (("focal", "dice"), (0.7, 1.8))
+    with pytest.raises(ValueError, match="terms from"):
+        parse_loss("focal+hinge")
+    with pytest.raises(ValueError, match="2 term"):
+        parse_loss("focal+dice", "1")
+
+
+def test_single_focal_term_matches_the_products_losses(position_batch):
+    y_true, y_pred = position_batch
+    for head, reference in [("sigmoid", BinaryFocalLoss(gamma=2.0, alpha=0.25)),
+                            ("softmax", keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0))]:
+        ours = PositionLoss(head, ("focal",), (1.0,), gamma=2.0, alpha=0.25)
+        np.testing.assert_allclose(float(ours(y_true, y_pred)), float(reference(y_true, y_pred)), rtol=1e-5)
+
+
+def test_dice_term_by_hand(position_batch):
+    y_true, y_pred = position_batch
+    # Per captcha: 1 - 2 sum(y p) / (sum y + sum p); every row of p sums to 1, so sum p = 2.
+    expected = [1 - 2 * (0.7 + 0.8) / (2 + 2), 1 - 2 * (0.4 + 0.25) / (2 + 2)]
+    values = PositionLoss("softmax", ("dice",), (1.0,)).term_values(y_true, y_pred)["dice"]
+    np.testing.assert_allclose(np.asarray(values), expected, rtol=1e-5)
+
+
+def test_tversky_weighs_missed_characters_by_alpha(position_batch):
+    y_true, y_pred = position_batch
+    tp = np.array([0.7 + 0.8, 0.4 + 0.25])
+    missed = np.array([0.3 + 0.2, 0.6 + 0.75])  # sum of y (1 - p)
+    spurious = 2 - tp  # sum of (1 - y) p
+    expected = 1 - tp / (tp + 0.9 * missed + 0.1 * spurious)
+    loss = PositionLoss("softmax", ("tversky",), (1.0,), tversky_alpha=0.9, tversky_beta=0.1)
+    np.testing.assert_allclose(np.asarray(loss.term_values(y_true, y_pred)["tversky"]), expected, rtol=1e-4)
+
+
+def test_weighted_sum_and_class_weights(position_batch):
+    y_true, y_pred = position_batch
+    ce = -np.log([[0.7, 0.8], [0.4, 0.25]])  # per position
+    both = PositionLoss("softmax", ("ce", "dice"), (0.7, 1.8))
+    values = both.term_values(y_true, y_pred)
+    np.testing.assert_allclose(np.asarray(values["ce"]), 0.7 * ce.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(float(both(y_true, y_pred)), float(np.mean(values["ce"] + values["dice"])), rtol=1e-5)
+    weighted = PositionLoss("softmax", ("ce",), (1.0,), class_weights=[1.0, 1.0, 2.0])
+    expected = (ce * [[1, 1], [2, 2]]).mean(1)  # the second captcha is all character 2
+    np.testing.assert_allclose(np.asarray(weighted.term_values(y_true, y_pred)["ce"]), expected, rtol=1e-5)
+
+
+def test_position_loss_config_round_trip():
+    loss = PositionLoss("sigmoid", ("focal", "tversky"), (0.5, 2.0), gamma=1.0, class_weights=[1.0, 2.0])
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert (again.head, again.terms, again.weights, again.gamma, again.class_weights) == \
+        ("sigmoid", ("focal", "tversky"), (0.5, 2.0), 1.0, [1.0, 2.0])
+
+
+def test_ctc_head_refuses_dice():
+    with pytest.raises(ValueError, match="per-position"):
+        make_loss("ctc", loss="focal+dice")
+    assert isinstance(make_loss("ctc", loss="ce"), FocalCTCLoss)
+    assert isinstance(make_loss("sigmoid"), BinaryFocalLoss)
+    assert isinstance(make_loss("softmax", loss="focal+dice"), PositionLoss)

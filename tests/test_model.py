@@ -50,6 +50,15 @@ def test_variants_keep_the_ctc_output_shape(options):
     assert np.all(np.isfinite(np.asarray(out)))
 
 
+def test_column_stride_8_halves_the_ctc_steps():
+    model = tiny_model("ctc", column_stride=8)
+    assert model.output.shape == (None, 8, 11)  # 64 / 8 columns, blank + 10 classes
+    with pytest.raises(ValueError, match="column stride of 4"):
+        build_model((24, 48, 1), 10, 3, "ctc", column_stride=8, **TINY)  # 6 steps < 2 * 3 + 1
+    with pytest.raises(ValueError, match="column_stride must be 4 or 8"):
+        tiny_model("ctc", column_stride=2)
+
+
 def test_augmentation_only_in_training():
     model = tiny_model("softmax", augment=True)
     assert model.get_layer("aug_rotate") is not None
@@ -115,6 +124,21 @@ def test_one_training_step_is_finite(head):
     history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_a_loss_of_several_terms_logs_each_term(caplog):
+    from caocrvfy.callbacks import EpochLog
+
+    x = np.random.default_rng(0).integers(0, 256, (4, *SHAPE), dtype=np.uint8)
+    y = np.eye(10, dtype=np.float32)[np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 1, 2]])]
+    model = compile_model(tiny_model("softmax"), loss="focal+dice", loss_weights="0.7,1.8")
+    with caplog.at_level("INFO", logger="caocrvfy"):
+        logs = model.fit(x, y, validation_data=(x, y), epochs=1, batch_size=4, verbose=0,
+                         callbacks=[EpochLog(1)]).history
+    assert logs["loss"][0] == pytest.approx(logs["focal_term"][0] + logs["dice_term"][0], rel=1e-4)
+    line = next(r.getMessage() for r in caplog.records if "epoch" in r.getMessage())
+    terms = line.split("(", 1)[1].split(")", 1)[0].split()
+    assert sorted(terms) == [f"dice={logs['dice_term'][0]:.4f}", f"focal={logs['focal_term'][0]:.4f}"]
 
 
 def test_saved_models_load_with_plain_load_model_in_a_fresh_process(tmp_path):

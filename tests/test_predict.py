@@ -1,3 +1,4 @@
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -8,7 +9,14 @@ from PIL import Image
 
 from caocrvfy.cli import main as cli_main
 from caocrvfy.data import DataError
-from caocrvfy.predict import Predictor, decode_outputs, evaluate_folder, expand_inputs
+from caocrvfy.predict import (
+    Predictor,
+    ctc_best_path_of_length,
+    ctc_label_probability,
+    decode_outputs,
+    evaluate_folder,
+    expand_inputs,
+)
 
 CHARSET = "0123456789"
 
@@ -32,7 +40,58 @@ def test_decode_ctc_outputs_merges_repeats_and_drops_blanks():
     out[0, np.arange(len(steps)), steps] = 0.8
     (prediction,) = decode_outputs(out, "ctc", "ab")
     assert prediction.text == "aab"
-    assert prediction.confidence == pytest.approx(0.8 ** len(steps), rel=1e-5)
+    # The read string's probability over all its alignments, at least the greedy path's.
+    assert prediction.confidence == pytest.approx(ctc_label_probability(out[0].astype(np.float64), [1, 1, 2]))
+    assert prediction.confidence > 0.8 ** len(steps)
+
+
+def brute_force_ctc(probs: np.ndarray, label: list[int]) -> float:
+    """Sum over every path of classes that collapses to `label` (tiny cases only)."""
+    total = 0.0
+    for path in itertools.product(range(probs.shape[1]), repeat=len(probs)):
+        merged = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        if merged == label:
+            total += float(np.prod(probs[np.arange(len(path)), path]))
+    return total
+
+
+@pytest.mark.parametrize("label", [[], [1], [2, 1], [1, 1], [2, 2, 1], [1, 2, 1]])
+def test_ctc_label_probability_sums_all_alignments(label):
+    rng = np.random.default_rng(len(label))
+    logits = rng.normal(0, 1.5, (6, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert ctc_label_probability(probs, np.array(label)) == pytest.approx(brute_force_ctc(probs, label), rel=1e-9)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3])
+def test_best_ctc_path_of_a_given_length_matches_brute_force(length):
+    rng = np.random.default_rng(length)
+    probs = rng.dirichlet(np.ones(3), size=5)
+    best, best_p = None, -1.0
+    for path in itertools.product(range(3), repeat=5):
+        merged = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        p = float(np.prod(probs[np.arange(5), path]))
+        if len(merged) == length and p > best_p:
+            best, best_p = merged, p
+    assert list(ctc_best_path_of_length(probs, length)) == best
+
+
+def test_fixed_length_models_read_that_many_characters():
+    steps = [1, 0, 2, 0, 1, 0]  # greedy reads "aba", but the model reads 2 characters
+    out = np.full((1, len(steps), 3), 0.05, np.float32)
+    out[0, np.arange(len(steps)), steps] = 0.9
+    out[0, 4] = [0.3, 0.65, 0.05]  # the third character is the least sure
+    assert decode_outputs(out, "ctc", "ab")[0].text == "aba"
+    (fixed,) = decode_outputs(out, "ctc", "ab", length=2)
+    assert fixed.text == "ab"
+    assert fixed.confidence == pytest.approx(ctc_label_probability(out[0].astype(np.float64), [1, 2]))
+
+
+def test_ctc_label_probabilities_of_all_strings_sum_to_one():
+    probs = np.random.default_rng(1).dirichlet(np.ones(3), size=4)
+    strings = {tuple(c for i, c in enumerate(p) if c and (i == 0 or c != p[i - 1]))
+               for p in itertools.product(range(3), repeat=4)}
+    assert sum(ctc_label_probability(probs, np.array(s, int)) for s in strings) == pytest.approx(1.0)
 
 
 def test_decode_softmax_and_sigmoid_outputs():

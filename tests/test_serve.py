@@ -9,12 +9,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zlib
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -30,7 +32,7 @@ with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClie
 
 from caocrvfy.model_enhanced import build_model  # noqa: E402
 from caocrvfy.predict import Predictor  # noqa: E402
-from caocrvfy.serve import Limits, create_app  # noqa: E402
+from caocrvfy.serve import Limits, MicroBatcher, create_app  # noqa: E402
 
 CHARSET = "0123456789"
 SHAPE = (24, 64, 1)
@@ -214,6 +216,60 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- server-side batching
+
+
+def test_micro_batcher_reads_waiting_requests_together():
+    started, release, sizes = threading.Event(), threading.Event(), []
+
+    def slow_model(batch):
+        sizes.append(len(batch))
+        started.set()
+        release.wait(5)
+        return [int(x[0]) for x in batch]
+
+    batcher = MicroBatcher(slow_model)
+    first = batcher.submit([np.array([0])])
+    assert started.wait(5)  # the model is busy with the first request ...
+    waiting = [batcher.submit([np.array([i]), np.array([10 + i])]) for i in range(1, 4)]
+    release.set()  # ... so the three that came meanwhile are read in one call
+    assert first.result(5) == [0]
+    assert [f.result(5) for f in waiting] == [[1, 11], [2, 12], [3, 13]]
+    assert sizes == [1, 6] and (batcher.calls, batcher.images) == (2, 7)
+    batcher.close()
+    assert not batcher.thread.is_alive()
+
+
+def test_micro_batcher_passes_errors_on_and_keeps_going():
+    def model(batch):
+        if len(batch) == 2:
+            raise ValueError("bad batch")
+        return list(range(len(batch)))
+
+    batcher = MicroBatcher(model)
+    with pytest.raises(ValueError, match="bad batch"):
+        batcher.submit([np.zeros(1), np.zeros(1)]).result(5)
+    assert batcher.submit([np.zeros(1)]).result(5) == [0]
+    batcher.close()
+
+
+def test_batched_and_unbatched_servers_read_the_same(reader, pngs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    answers = {}
+    for window in (None, 0.0, 20.0):
+        with TestClient(create_app(reader, LIMITS, batch_window_ms=window)) as c:
+            with ThreadPoolExecutor(6) as pool:
+                responses = list(pool.map(lambda data: c.post("/predict", files=files(data)), pngs * 2))
+            assert all(r.status_code == 200 for r in responses)
+            answers[window] = [r.json()["predictions"][0]["text"] for r in responses]
+            batcher = c.app.state.batcher
+            assert (batcher is None) == (window is None)
+            if batcher is not None:
+                assert batcher.images == len(pngs) * 2 and batcher.calls <= len(pngs) * 2
+    assert answers[None] == answers[0.0] == answers[20.0]
 
 
 def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):

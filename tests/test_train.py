@@ -223,14 +223,33 @@ def mixed_length_folder(tmp_path) -> Path:
 
 def test_mixed_label_lengths_pick_the_ctc_head(mixed_length_folder, make_config, tmp_path):
     cfg = make_config(tmp_path / "run", data=str(mixed_length_folder), charset=None, head="softmax",
-                      epochs=1, batch_size=8, augment="off")
+                      epochs=1, batch_size=None, augment="off")
     run = train(cfg)
-    resolved = load_json(run / "config.json")["resolved"]
+    config = load_json(run / "config.json")
+    assert config["batch_size"] == 16  # a small labelled set gets the small-batch default
+    resolved = config["resolved"]
     assert resolved["head"] == "ctc"
     assert (resolved["fixed_length"], resolved["max_length"]) == (False, 4)
     assert resolved["input_shape"] == [64, 128, 1]  # height 64, width from the images' 2:1 ratio
     assert resolved["train_images"] + resolved["val_images"] == 12 and resolved["val_images"] >= 1
     assert model_head(keras.models.load_model(run / "model.keras", compile=False)) == "ctc"
+
+
+def test_best_model_ties_on_full_match_go_to_the_lower_validation_loss(tmp_path):
+    model, _, _ = tiny_regression()
+    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=5, best_model=tmp_path / "model.keras")
+    plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss")
+    checkpoints = cb.Checkpoints(tmp_path, early, plateau)
+    for callback in (early, plateau, checkpoints):
+        callback.set_model(model)
+        callback.on_train_begin()
+    saved = []
+    for epoch, (score, loss) in enumerate([(0.9, 0.5), (1.0, 0.4), (1.0, 0.2), (1.0, 0.3), (0.95, 0.1)]):
+        model.layers[-1].set_weights([w * 0 + epoch for w in model.layers[-1].get_weights()])
+        checkpoints.on_epoch_end(epoch, {cb.MONITOR: score, "val_loss": loss})
+        saved.append(float(keras.models.load_model(tmp_path / "model.keras").layers[-1].get_weights()[0].flat[0]))
+    assert saved == [0, 1, 2, 2, 2]  # 1.0 at loss 0.2 beats 1.0 at 0.4; neither 0.3 nor a lower score wins
+    assert load_json(tmp_path / "state.json")["best_loss"] == 0.2
 
 
 def test_transfer_weights_copies_matching_layers():

@@ -1,0 +1,154 @@
+"""Reading speed, side by side in one process: caocrvfy (Keras, ONNX Runtime, TFLite) and ddddocr.
+
+    python benchmarks/speed_vs_ddddocr.py --write-benchmarks BENCHMARKS.md
+    python benchmarks/speed_vs_ddddocr.py --model models/captcha-6x62 --model models/runs/cpu20 --count 1000
+
+Every reader gets the same PNG files as bytes, so decoding, resizing and turning the outputs
+into text are all inside the timings. Single-image latency: one image per call, in turn,
+median and 99th percentile. Batch throughput: all images through the reader's batch path
+(batches of 256 for caocrvfy; ddddocr has no batch call, so its figure is one call per image).
+The readers take turns for --rounds rounds and each keeps its best round, so a noisy machine
+slows all of them alike. Full-match is given for context: ddddocr was not trained on these
+captchas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from own_captchas import load_ddddocr, machine, write_section
+
+
+def single_latencies(read_one, items: list[bytes]) -> list[float]:
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        read_one(item)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help="caocrvfy model, repeatable (default models/captcha-6x62)")
+    p.add_argument("--formats", default="keras,onnx,tflite", help="(default keras,onnx,tflite)")
+    p.add_argument("--count", type=int, default=1000, help="captchas read (default 1000)")
+    p.add_argument("--single", type=int, default=300, help="images timed one at a time per round (default 300)")
+    p.add_argument("--rounds", type=int, default=3, help="(default 3)")
+    p.add_argument("--folder", type=Path, help="labelled captchas to read (default: fresh ones of the first "
+                                                "model's kind, drawn into a temp folder)")
+    p.add_argument("--write-benchmarks", type=Path, help="put the table into this markdown file")
+    args = p.parse_args()
+
+    from caocrvfy.data import CaptchaSpec, generate, read_folder
+    from caocrvfy.export import export_model
+    from caocrvfy.predict import Predictor, resolve_model_path
+
+    models = args.model or ["models/captcha-6x62"]
+    started, host = time.strftime("%Y-%m-%d %H:%M %Z"), machine()
+    first = Predictor.load(models[0])
+    resolved = first.config["resolved"]
+    folder = args.folder
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="caocrvfy-speed-"))
+        generate(folder, args.count, CaptchaSpec(resolved["charset"], resolved["max_length"], first.width,
+                                                 first.height))
+    found = read_folder(folder)
+    paths, labels = found.paths[: args.count], found.labels[: args.count]
+    images = [path.read_bytes() for path in paths]
+    print(f"{len(images)} captchas from {folder}", flush=True)
+
+    readers = {}
+    export_dir = Path(tempfile.mkdtemp(prefix="caocrvfy-export-"))
+    for model in models:
+        name = resolve_model_path(model)[0].parent.name
+        for fmt in args.formats.split(","):
+            path = model if fmt == "keras" else export_model(model, fmt, export_dir / f"{name}.{fmt}")
+            readers[f"caocrvfy {name} ({fmt})"] = Predictor.load(path)
+    ocr, peer_version = load_ddddocr()
+    if ocr is None:
+        print(peer_version)
+
+    def batch_read(reader):
+        return [r.text for r in reader.predict(images, batch_size=256)]
+
+    jobs = {name: (lambda item, r=reader: r.predict([item]), lambda r=reader: batch_read(r))
+            for name, reader in readers.items()}
+    if ocr is not None:
+        def ddddocr_all():
+            return [ocr.classification(item) for item in images]
+        jobs[f"ddddocr {peer_version}"] = (ocr.classification, ddddocr_all)
+
+    best = {name: {"single": None, "batch": None, "texts": None} for name in jobs}
+    for name, (one, _) in jobs.items():  # warm-up: tracing, thread pools, file cache
+        one(images[0])
+    for _ in range(args.rounds):
+        for name, (one, everything) in jobs.items():
+            times = single_latencies(one, images[: args.single])
+            start = time.perf_counter()
+            texts = everything()
+            rate = len(images) / (time.perf_counter() - start)
+            b = best[name]
+            if b["single"] is None or statistics.median(times) < statistics.median(b["single"]):
+                b["single"] = times
+            b["batch"] = max(b["batch"] or 0.0, rate)
+            b["texts"] = texts
+
+    peer = next((n for n in best if n.startswith("ddddocr")), None)
+    rows = []
+    for name, b in best.items():
+        fold = name == peer  # ddddocr reads lower case
+        right = sum((t or "").lower() == y.lower() if fold else t == y for t, y in zip(b["texts"], labels))
+        rows.append({"reader": name, "p50_ms": 1000 * statistics.median(b["single"]),
+                     "p99_ms": 1000 * percentile(b["single"], 0.99), "batch_images_per_s": b["batch"],
+                     "full_match": right / len(labels), "case_folded": fold})
+    ref = next((r for r in rows if r["reader"] == peer), None)
+
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+
+    lines = [
+        "## Reading speed against ddddocr (issue 6)",
+        "",
+        f"Measured {started} on {host}; Keras {keras.__version__}, TensorFlow {tf.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
+        + (f", {peer}" if peer else "") + f". {len(images):,} fresh captchas of the first model's kind "
+        f"(PNG bytes in, text out), {args.rounds} rounds, best round each.",
+        "",
+        "```",
+        shlex.join(["python", "benchmarks/speed_vs_ddddocr.py", *sys.argv[1:]]),
+        "```",
+        "",
+        "| reader | single image p50 | p99 | vs ddddocr (latency) | batch images/s | vs ddddocr (throughput) | full-match |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lat = f"{r['p50_ms'] / ref['p50_ms']:.2f}x" if ref else "n/a"
+        thr = f"{r['batch_images_per_s'] / ref['batch_images_per_s']:.1f}x" if ref else "n/a"
+        lines.append(f"| {r['reader']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {lat} | "
+                     f"{r['batch_images_per_s']:.0f} | {thr} | {r['full_match']:.2%}"
+                     f"{' (case-folded)' if r['case_folded'] else ''} |")
+    text = "\n".join(lines)
+    print(text)
+    print(json.dumps(rows))
+    if args.write_benchmarks:
+        write_section(args.write_benchmarks, lines[0], text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
