@@ -76,7 +76,7 @@ def main() -> int:
     for model in models:
         name = resolve_model_path(model)[0].parent.name
         for fmt in args.formats.split(","):
-            path = model if fmt == "keras" else export_model(model, fmt, export_dir / f"{name}.{fmt}")
+            path = model if fmt == "keras" else export_model(model, fmt, export_dir / name / f"model.{fmt}")
             readers[f"caocrvfy {name} ({fmt})"] = Predictor.load(path)
     ocr, peer_version = load_ddddocr()
     if ocr is None:

@@ -24,20 +24,23 @@ import caocrvfy  # noqa: F401
 from caocrvfy.model_enhanced import build_model, compile_model
 from caocrvfy.pipeline import encode_targets
 
-GPU_SIZE = {"filters": (64, 128, 192, 256), "dense_units": 256, "rnn_units": 192}
+GPU_SIZE = {"filters": (64, 128, 192, 256), "dense_units": 256, "rnn_units": 192, "column_stride": 4}
+PREVIOUS_DEFAULT = {"filters": (32, 48, 64, 96), "column_stride": 4}  # the default before 2026-11-23 07:00
 VARIANTS = {  # name: (build_model arguments, options)
     "default": ({}, {}),
+    "previous-default": (PREVIOUS_DEFAULT, {}),
+    "column-stride-4": ({"column_stride": 4}, {}),
+    "stem-32": ({"filters": (32, 48, 64, 96)}, {}),
     "softmax-head": ({"head": "softmax"}, {}),
     "sigmoid-head": ({"head": "sigmoid"}, {}),
     "conv-sequence": ({"sequence": "conv"}, {}),
     "patch-stem": ({"stem": "patch"}, {}),
-    "column-stride-8": ({"column_stride": 8}, {}),
     "xla": ({}, {"jit_compile": True}),
     "bfloat16": ({}, {"policy": "mixed_bfloat16"}),
     "gpu-size": (GPU_SIZE, {}),
     "gpu-size-float16": (GPU_SIZE, {"policy": "mixed_float16"}),
 }
-CPU_VARIANTS = "default,column-stride-8,softmax-head,sigmoid-head,conv-sequence,patch-stem,xla,bfloat16"
+CPU_VARIANTS = "default,previous-default,column-stride-4,stem-32,softmax-head,sigmoid-head,patch-stem,xla,bfloat16"
 
 
 def build(name: str) -> keras.Model:

@@ -18,7 +18,7 @@ esac
 python3 -m caocrvfy.train "${data[@]}" --stream-workers "$workers" --stream-capacity 600000 \
   --train-size 20000 --val-size 2000 --steps-per-epoch 800 --batch-size 256 --learning-rate 0.002 \
   --warmup-epochs 1 --schedule cosine --time-limit "$minutes" --patience 1000 \
-  --filters 64,128,192,256 --dense-units 256 --rnn-units 192 \
+  --filters 64,128,192,256 --dense-units 256 --rnn-units 192 --column-stride 4 \
   --cache-dir /tmp/caocrvfy-data --out "$out" "$@"
 rm -f "$out/last.keras" "$out/state.json"
 python3 -m caocrvfy generate "${data[@]}" --count 5000 --out "/tmp/caocrvfy-test-$kind" >/dev/null

@@ -184,6 +184,11 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
                 "reductions": self.reductions}
 
 
+def _loss_or_inf(loss: float | None) -> float:
+    """An unknown or NaN loss counts as infinite: it never wins a tie."""
+    return loss if loss is not None and math.isfinite(loss) else math.inf
+
+
 class Checkpoints(keras.callbacks.Callback):
     """Saves the best model as model.keras and, every epoch, the last model with its optimizer
     plus state.json, so `--resume` loses at most the epoch in progress.
@@ -202,7 +207,7 @@ class Checkpoints(keras.callbacks.Callback):
     def is_better(self, score: float, loss: float | None) -> bool:
         if self.best is None or score > self.best:
             return True
-        return score == self.best and loss is not None and (self.best_loss is None or loss < self.best_loss)
+        return score == self.best and _loss_or_inf(loss) < _loss_or_inf(self.best_loss)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

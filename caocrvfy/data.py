@@ -174,6 +174,7 @@ class SyntheticStream:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._error: BaseException | None = None  # what stopped the filling thread, raised to the trainer
         self._initial = min(initial, capacity)
         self._workers = workers
         self._pool = drawing_pool(workers, spec)
@@ -181,6 +182,13 @@ class SyntheticStream:
         self._thread.start()
 
     def _fill(self) -> None:
+        try:
+            self._fill_until_stopped()
+        except BaseException as exc:  # a drawing process failed: tell the trainer instead of hanging it
+            self._error = exc
+            self._ready.set()
+
+    def _fill_until_stopped(self) -> None:
         progress = Progress(self._initial, "first captchas")
         job = (self.spec, 64, self.channels)
         while not self._stop.is_set():
@@ -210,10 +218,16 @@ class SyntheticStream:
             self.written += len(labels)
             self.filled = min(self.capacity, self.filled + len(labels))
 
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"drawing captchas failed: {self._error!r}") from self._error
+
     def wait_ready(self) -> None:
         self._ready.wait()
+        self._raise_error()
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        self._raise_error()
         with self._lock:
             idx = rng.integers(0, self.filled, size=n)
             return self.images[idx], self.labels[idx]

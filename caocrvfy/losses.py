@@ -126,14 +126,24 @@ class PositionLoss(keras.losses.Loss):
         return config
 
 
-def term_metrics(loss: PositionLoss) -> list:
-    """One metric per term of a multi-term loss, named `<term>_term`, so each epoch line can show
-    what the loss is made of."""
-    if len(loss.terms) < 2:
-        return []
+@keras.saving.register_keras_serializable(package="caocrvfy")
+class TermMetric(keras.metrics.Mean):
+    """The running mean of one term of a `PositionLoss`, named `<term>_term`; saved and loaded
+    with the model (a checkpoint resumed with --resume keeps it)."""
 
-    def metric(term):
-        def fn(y_true, y_pred):
-            return loss.term_values(y_true, y_pred)[term]
-        return keras.metrics.MeanMetricWrapper(fn, name=f"{term}_term")
-    return [metric(term) for term in loss.terms]
+    def __init__(self, term: str, loss: dict | PositionLoss, name=None, dtype=None):
+        super().__init__(name=name or f"{term}_term", dtype=dtype)
+        self.term = term
+        self.loss = loss if isinstance(loss, PositionLoss) else PositionLoss.from_config(loss)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self.loss.term_values(y_true, y_pred)[self.term], sample_weight)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "term": self.term, "loss": self.loss.get_config()}
+
+
+def term_metrics(loss: PositionLoss) -> list:
+    """One metric per term of a multi-term loss, so each epoch line can show what the loss is
+    made of."""
+    return [TermMetric(term, loss) for term in loss.terms] if len(loss.terms) > 1 else []

@@ -437,10 +437,16 @@ def _findings(f: dict) -> list[str]:
         lines.append("- Hardest characters (lowest F1): " + ", ".join(
             f"{_code(c['char'])} ({c['f1']:.3f})" for c in worst) + ".")
     gap = f["mean_confidence"] - f["full_match"]
+    ece = f["calibration"]["ece"]
     if abs(gap) >= 0.02:
+        advice = ("read it as a ranking, not a probability" if ece >= 0.05
+                  else "close enough to read as a probability")
         lines.append(f"- The model is {'over' if gap > 0 else 'under'}-confident: mean confidence "
                      f"{f['mean_confidence']:.3f} against {f['full_match']:.3f} of strings read right "
-                     f"(ECE {f['calibration']['ece']:.4f}); read it as a ranking, not a probability.")
+                     f"(ECE {ece:.4f}); {advice}.")
+    else:
+        lines.append(f"- Confidence is calibrated: mean confidence {f['mean_confidence']:.3f} against "
+                     f"{f['full_match']:.3f} of strings read right (ECE {ece:.4f}).")
     lines.append(f"- {_threshold_advice(f)}")
     return lines
 

@@ -198,15 +198,19 @@ class MicroBatcher:
         self.predict_arrays, self.max_batch, self.window_s = predict_arrays, max_batch, window_s
         self.jobs: queue.Queue = queue.Queue()
         self.calls = self.images = 0  # model calls and images read, for /model and tests
+        self.closed = False
         self.thread = threading.Thread(target=self._loop, name="caocrvfy-batcher", daemon=True)
         self.thread.start()
 
     def submit(self, arrays: list[np.ndarray]) -> concurrent.futures.Future:
+        if self.closed:
+            raise RuntimeError("the server is shutting down")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self.jobs.put((arrays, future))
         return future
 
     def close(self) -> None:
+        self.closed = True
         self.jobs.put(None)
         self.thread.join(timeout=10)
 
@@ -231,6 +235,10 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while (taken := self._take()) is not None:
+            # A request that went away (its future cancelled) is not read.
+            taken = [(arrays, future) for arrays, future in taken if future.set_running_or_notify_cancel()]
+            if not taken:
+                continue
             arrays = [a for job_arrays, _ in taken for a in job_arrays]
             try:
                 results = self.predict_arrays(np.stack(arrays))
@@ -324,7 +332,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
     async def lifespan(app):
         yield
         if batcher is not None:
-            batcher.close()
+            await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="caocrvfy", version=_version(), description="Read text captchas with a trained model.",
                   lifespan=lifespan)

@@ -59,12 +59,12 @@ class TrainConfig:
     steps_per_epoch: int = 0
     # model
     head: str = "ctc"
-    filters: tuple[int, ...] = (32, 48, 64, 96)
+    filters: tuple[int, ...] = (16, 48, 64, 96)
     dense_units: int = 192
     rnn_units: int = 96
     sequence: str = "gru"
     stem: str = "conv"
-    column_stride: int = 4
+    column_stride: int = 8
     attention: bool = True
     augment: str = "auto"
     init: str | None = None
@@ -356,6 +356,43 @@ def distribution_strategy():
     return None, True, 0
 
 
+def _patch_keras_for_multi_worker(model) -> None:
+    """Works around two Keras 3.15 failures under MultiWorkerMirroredStrategy (TensorFlow
+    backend), both "reduce across workers" calls that the strategy refuses:
+    - `fit` builds the model from its first batch by `strategy.reduce(batch)`, and an (x, y)
+      tuple cannot be reduced ("Attempt to convert a value (PerReplica...)"): build from this
+      worker's own copy of the batch instead; only shapes and dtypes matter.
+    - each step's logs are averaged with `strategy.reduce("MEAN", v, axis=0)`, and the logs
+      are scalars ("Invalid reduction dimension 0"): average them across workers with axis=None.
+    """
+    import types
+
+    import tensorflow as tf
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(build, model)
+    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.__wrapped__ = original
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 def _model_for(cfg: TrainConfig, state: dict, run_dir: Path, input_shape, charset: str, max_length: int,
                head: str, augment: bool, init_source, jit):
     """The compiled model and the epoch to start from: the last checkpoint on --resume, else
@@ -388,10 +425,16 @@ def train(cfg: TrainConfig) -> Path:
 
     import caocrvfy  # noqa: F401  (registers the custom objects for loading checkpoints)
     from caocrvfy import callbacks as cb
+    from caocrvfy.data import DataError
     from caocrvfy.model_enhanced import compile_model
     from caocrvfy.pipeline import StreamBatches, make_dataset
     from caocrvfy.plots import plot_curves
 
+    if os.environ.get("TF_CONFIG") and (cfg.time_limit or not cfg.out):
+        # Each worker would read its own clock and stop at a different step, leaving the others
+        # waiting for it; and each would name its own default run folder.
+        raise DataError("with TF_CONFIG (several workers) give --out, the same on every worker, and stop by "
+                        "--epochs rather than --time-limit.")
     # Multi-worker set-up must come before TensorFlow runs anything else.
     strategy, is_chief, worker = distribution_strategy()
     chief_dir = Path(cfg.out or PROJECT_ROOT / "models" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
@@ -434,6 +477,8 @@ def train(cfg: TrainConfig) -> Path:
     with scope:
         model, initial_epoch = _model_for(cfg, state, chief_dir, input_shape, charset, max_length, head, augment,
                                           init_source, jit)
+    if strategy is not None and os.environ.get("TF_CONFIG"):
+        _patch_keras_for_multi_worker(model)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log.info(f"model {model.name}: {model.count_params():,} parameters, input {input_shape}, "
              f"{len(charset)} characters, up to {max_length} per captcha, augmentation {'on' if augment else 'off'}")
@@ -446,7 +491,7 @@ def train(cfg: TrainConfig) -> Path:
     val_ds = make_dataset(*val_data, head, len(charset), cfg.batch_size * 2, shuffle=False)
 
     early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=cfg.patience,
-                                      restore_best_weights=True, state=state.get("early_stopping"),
+                                      restore_best_weights=is_chief, state=state.get("early_stopping"),
                                       best_model=run_dir / "model.keras")
     plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss", factor=cfg.plateau_factor,
                                             patience=cfg.plateau_patience, min_lr=cfg.min_learning_rate,
@@ -476,6 +521,11 @@ def train(cfg: TrainConfig) -> Path:
     finally:
         if stream:
             stream.close()
+    if not is_chief:  # the chief writes the run folder; this worker's copy was scratch
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if interrupted:
+            raise KeyboardInterrupt
+        return chief_dir
 
     if (run_dir / "history.csv").exists():
         plot_curves(run_dir / "history.csv", run_dir / "curves.png", cfg.warmup_epochs, plateau.reductions)
@@ -492,8 +542,6 @@ def train(cfg: TrainConfig) -> Path:
     log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
              f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
              f"-> {run_dir / 'model.keras'}")
-    if not is_chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
     if interrupted:
         raise KeyboardInterrupt
     return chief_dir

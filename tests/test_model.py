@@ -19,7 +19,7 @@ def tiny_model(head: str, **kwargs) -> keras.Model:
 
 
 @pytest.mark.parametrize("head,output_shape", [
-    ("ctc", (None, 16, 11)),     # width / 4 steps, blank + 10 classes
+    ("ctc", (None, 8, 11)),      # width / 8 steps, blank + 10 classes
     ("softmax", (None, 3, 10)),
     ("sigmoid", (None, 3, 10)),
 ])
@@ -45,16 +45,13 @@ def test_input_is_uint8_and_scaled_inside():
 ])
 def test_variants_keep_the_ctc_output_shape(options):
     model = tiny_model("ctc", **options)
-    assert model.output.shape == (None, 16, 11)
+    assert model.output.shape == (None, 8, 11)
     out = model(np.full((1, *SHAPE), 128, np.uint8), training=False)
     assert np.all(np.isfinite(np.asarray(out)))
 
 
-def test_column_stride_8_halves_the_ctc_steps():
-    model = tiny_model("ctc", column_stride=8)
-    assert model.output.shape == (None, 8, 11)  # 64 / 8 columns, blank + 10 classes
-    with pytest.raises(ValueError, match="column stride of 4"):
-        build_model((24, 48, 1), 10, 3, "ctc", column_stride=8, **TINY)  # 6 steps < 2 * 3 + 1
+def test_column_stride_4_doubles_the_ctc_steps():
+    assert tiny_model("ctc", column_stride=4).output.shape == (None, 16, 11)  # 64 / 4 columns
     with pytest.raises(ValueError, match="column_stride must be 4 or 8"):
         tiny_model("ctc", column_stride=2)
 
@@ -72,10 +69,12 @@ def test_invalid_head_is_an_error():
 
 
 def test_too_narrow_for_ctc_is_an_error():
-    # 24 pixels give 6 steps; 3 characters need 2 * 3 + 1 = 7.
-    with pytest.raises(ValueError, match="width of at least 28"):
-        build_model((24, 24, 1), 10, 3, "ctc", **TINY)
-    assert build_model((24, 28, 1), 10, 3, "ctc", **TINY).output.shape == (None, 7, 11)
+    # 48 pixels give 6 steps of 8 columns; 3 characters need 2 * 3 + 1 = 7.
+    with pytest.raises(ValueError, match="width of at least 56 or a column stride of 4"):
+        build_model((24, 48, 1), 10, 3, "ctc", **TINY)
+    assert build_model((24, 56, 1), 10, 3, "ctc", **TINY).output.shape == (None, 7, 11)
+    with pytest.raises(ValueError, match="width of at least 28."):
+        build_model((24, 24, 1), 10, 3, "ctc", column_stride=4, **TINY)
     assert build_model((24, 24, 1), 10, 3, "softmax", **TINY).output.shape == (None, 3, 10)
 
 
@@ -139,6 +138,19 @@ def test_a_loss_of_several_terms_logs_each_term(caplog):
     line = next(r.getMessage() for r in caplog.records if "epoch" in r.getMessage())
     terms = line.split("(", 1)[1].split(")", 1)[0].split()
     assert sorted(terms) == [f"dice={logs['dice_term'][0]:.4f}", f"focal={logs['focal_term'][0]:.4f}"]
+
+
+def test_a_checkpoint_with_a_loss_of_several_terms_loads_compiled(tmp_path):
+    model = compile_model(tiny_model("sigmoid"), loss="focal+tversky", loss_weights="1,2", class_weights=[1.0] * 10)
+    x = np.zeros((2, *SHAPE), np.uint8)
+    y = np.eye(10, dtype=np.float32)[np.array([[1, 2, 3], [4, 5, 6]])]
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "last.keras")  # what --resume reloads, optimizer and metrics included
+    again = keras.models.load_model(tmp_path / "last.keras")
+    logs = again.evaluate(x, y, verbose=0, return_dict=True)
+    assert {"focal_term", "tversky_term"} <= set(logs)
+    assert logs["loss"] == pytest.approx(logs["focal_term"] + logs["tversky_term"], rel=1e-4)
+    assert again.loss.weights == (1.0, 2.0) and again.loss.class_weights == [1.0] * 10
 
 
 def test_saved_models_load_with_plain_load_model_in_a_fresh_process(tmp_path):

@@ -255,6 +255,29 @@ def test_micro_batcher_passes_errors_on_and_keeps_going():
     batcher.close()
 
 
+def test_micro_batcher_skips_requests_that_went_away_and_refuses_work_after_close():
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def model(batch):
+        seen.append(len(batch))
+        started.set()
+        release.wait(5)
+        return list(range(len(batch)))
+
+    batcher = MicroBatcher(model)
+    busy = batcher.submit([np.zeros(1)])
+    assert started.wait(5)
+    gone = batcher.submit([np.zeros(1), np.zeros(1)])
+    assert gone.cancel()  # its client disconnected before the model got to it
+    kept = batcher.submit([np.zeros(1)])
+    release.set()
+    assert busy.result(5) == [0] and kept.result(5) == [0]
+    assert seen == [1, 1]  # the cancelled request's two images were never read
+    batcher.close()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        batcher.submit([np.zeros(1)])
+
+
 def test_batched_and_unbatched_servers_read_the_same(reader, pngs):
     from concurrent.futures import ThreadPoolExecutor
 

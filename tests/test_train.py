@@ -252,6 +252,16 @@ def test_best_model_ties_on_full_match_go_to_the_lower_validation_loss(tmp_path)
     assert load_json(tmp_path / "state.json")["best_loss"] == 0.2
 
 
+def test_several_workers_need_out_and_epochs(monkeypatch, make_config, tmp_path):
+    from caocrvfy.data import DataError
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}')
+    with pytest.raises(DataError, match="--epochs rather than --time-limit"):
+        train(make_config(tmp_path / "run", time_limit=1.0))
+    with pytest.raises(DataError, match="give --out"):
+        train(dataclasses.replace(make_config(tmp_path / "run"), out=None))
+
+
 def test_transfer_weights_copies_matching_layers():
     tiny = dict(filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
     source = build_model((24, 64, 1), 10, 3, "ctc", **tiny)
