@@ -30,6 +30,10 @@ VARIANTS = {  # name: (build_model arguments, options)
     "default": ({}, {}),
     "previous-default": (PREVIOUS_DEFAULT, {}),
     "column-stride-4": ({"column_stride": 4}, {}),
+    # The steps from the previous default to this one, as measured on 2026-11-23 (BENCHMARKS.md):
+    "column-stride-8": ({"filters": (32, 48, 64, 96), "column_stride": 8}, {}),
+    "column-stride-8-patch-stem": ({"filters": (32, 48, 64, 96), "column_stride": 8, "stem": "patch"}, {}),
+    "column-stride-8-stem-16": ({"filters": (16, 48, 64, 96), "column_stride": 8}, {}),
     "stem-32": ({"filters": (32, 48, 64, 96)}, {}),
     "softmax-head": ({"head": "softmax"}, {}),
     "sigmoid-head": ({"head": "sigmoid"}, {}),
