@@ -31,6 +31,11 @@ class Prediction:
     confidence: float
 
 
+def ctc_collapse(path: np.ndarray) -> np.ndarray:
+    """What a CTC path reads: repeats merged, blanks (0) dropped."""
+    return path[(path != 0) & np.concatenate([[True], path[1:] != path[:-1]])]
+
+
 def ctc_label_probability(probs: np.ndarray, label: np.ndarray) -> float:
     """P(label | image) under CTC: the sum over every alignment of `label` (1-based class
     indices, blank 0) of the product of its per-step probabilities (the forward algorithm,
@@ -100,9 +105,7 @@ def ctc_best_path_of_length(probs: np.ndarray, length: int) -> np.ndarray | None
     for t in range(steps - 1, 0, -1):
         k, s = back[t, k, s]
         path.append(int(s))
-    path = np.array(path[::-1])
-    keep = (path != 0) & np.concatenate([[True], path[1:] != path[:-1]])
-    return path[keep]
+    return ctc_collapse(np.array(path[::-1]))
 
 
 def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | None = None) -> list[Prediction]:
@@ -113,24 +116,21 @@ def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | N
     the best path of that length."""
     outputs = np.asarray(outputs, dtype=np.float32)
     best = outputs.argmax(-1)
+    if head == "ctc":
+        results = []
+        for row, probs in zip(best, outputs):
+            label = ctc_collapse(row)
+            if length and len(label) != length:
+                fitted = ctc_best_path_of_length(probs, length)
+                label = label if fitted is None else fitted
+            confidence = min(1.0, ctc_label_probability(probs.astype(np.float64), label))
+            results.append(Prediction(decode_indices(label, charset), confidence))
+        return results
     chosen = np.take_along_axis(outputs, best[..., None], -1)[..., 0]
     if head == "sigmoid":  # independent units: normalise each position to a distribution
         chosen = chosen / np.maximum(outputs.sum(-1), 1e-12)
     confidence = np.exp(np.log(np.clip(chosen, 1e-12, 1.0)).sum(-1))
-    results = []
-    for row, conf, probs in zip(best, confidence, outputs):
-        if head == "ctc":
-            keep = (row != 0) & np.concatenate([[True], row[1:] != row[:-1]])
-            label = row[keep]
-            if length and len(label) != length:
-                label = ctc_best_path_of_length(probs, length)
-                label = row[keep] if label is None else label
-            text = decode_indices(label, charset)
-            conf = min(1.0, ctc_label_probability(probs.astype(np.float64), label))
-        else:
-            text = decode_indices(row + 1, charset)
-        results.append(Prediction(text, float(conf)))
-    return results
+    return [Prediction(decode_indices(row + 1, charset), float(conf)) for row, conf in zip(best, confidence)]
 
 
 def resolve_model_path(path: str | Path | None) -> tuple[Path, Path]:
