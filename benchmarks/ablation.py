@@ -56,10 +56,13 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
-def run_variant(name: str, common: list[str], out: Path, test_dir: Path, env: dict) -> dict:
-    """Trains one variant, then scores it in a fresh process (so that variants score in parallel)."""
+def run_variant(name: str, common: list[str], out: Path, test_dir: Path, env: dict,
+                options: list[str] | None = None) -> dict:
+    """Trains one variant (its `options`, by default VARIANTS[name], after `common`), then scores
+    it in a fresh process (so that variants score in parallel)."""
     run = out / "runs" / slug(name)
-    cmd = [sys.executable, "-m", "caocrvfy.train", *common, *VARIANTS[name], "--out", str(run)]
+    options = VARIANTS[name] if options is None else options
+    cmd = [sys.executable, "-m", "caocrvfy.train", *common, *options, "--out", str(run)]
     run.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with (run / "train.log").open("w") as log:
@@ -67,7 +70,8 @@ def run_variant(name: str, common: list[str], out: Path, test_dir: Path, env: di
         seconds = time.perf_counter() - start
         ok = code == 0 and (run / "model.keras").exists()
         if ok:
-            subprocess.call([sys.executable, __file__, "--score-run", str(run), "--test-dir", str(test_dir)],
+            subprocess.call([sys.executable, str(Path(__file__).resolve()), "--score-run", str(run),
+                             "--test-dir", str(test_dir)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
     print(f"[{name}] exit {code} after {seconds:.0f} s: {shlex.join(cmd)}", flush=True)
     scores = run / "scores.json"

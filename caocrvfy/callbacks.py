@@ -87,7 +87,12 @@ class CosineToBudget(keras.callbacks.Callback):
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stops training cleanly (the epoch is cut short, then validated) after `minutes`."""
+    """Stops training cleanly (the epoch is cut short, then validated) after `minutes`.
+
+    It looks at the clock when a batch begins, not when one ends: a callback with a batch-end
+    hook makes Keras turn every step's logs into Python numbers, which waits for the device after
+    each step and so keeps a GPU idle while the next batch is prepared.
+    """
 
     def __init__(self, minutes: float | None):
         super().__init__()
@@ -97,7 +102,7 @@ class TimeLimit(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         if self.seconds is not None and not self.reached and time.monotonic() - self.start > self.seconds:
             log.info(f"time limit of {self.seconds / 60:g} min reached: stopping after this epoch's validation")
             self.reached = True

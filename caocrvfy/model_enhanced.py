@@ -35,6 +35,9 @@ def _channel_attention(x, ratio: int = 8):
     return layers.Multiply(name="se_scale")([x, gate])
 
 
+AUGMENTATION_LAYERS = (layers.RandomRotation, layers.RandomZoom, layers.RandomTranslation)
+
+
 def _augmentation(x):
     """Active in training only: small rotation, scale, shift, contrast change and noise."""
     x = layers.RandomRotation(5 / 360, fill_mode="nearest", name="aug_rotate")(x)
@@ -173,6 +176,13 @@ def compile_model(
     `loss_options` go to `make_loss` (loss, loss_weights, class_weights, tversky_alpha/beta);
     a loss of several terms adds one `<term>_term` metric per term."""
     head = model_head(model)
+    if keras.backend.backend() == "jax":
+        # Keras marks its geometric augmentation layers as not jit-compatible because XLA on
+        # TensorFlow lacks their transform op; on JAX they are plain jax.numpy, and without jit
+        # the whole step would run op by op, many times slower.
+        for layer in model.layers:
+            if isinstance(layer, AUGMENTATION_LAYERS):
+                layer.supports_jit = True
     loss = make_loss(head, use_focal_loss, focal_gamma, focal_alpha, label_smoothing, **loss_options)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate or DEFAULT_LEARNING_RATE),

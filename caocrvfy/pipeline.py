@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import keras
 import numpy as np
@@ -61,17 +62,25 @@ class ArrayBatches(keras.utils.PyDataset):
 
 
 class StreamBatches(keras.utils.PyDataset):
-    """Random batches drawn from a `SyntheticStream` that is refilled while training runs."""
+    """Random batches drawn from a `SyntheticStream` that is refilled while training runs.
 
-    def __init__(self, stream: SyntheticStream, head: str, num_classes: int, batch_size: int, steps: int):
-        super().__init__()
+    With `workers` > 1, that many threads prepare batches ahead of the training step (Keras's
+    own enqueuer), so a fast device does not wait for the copy out of the ring buffer.
+    """
+
+    def __init__(self, stream: SyntheticStream, head: str, num_classes: int, batch_size: int, steps: int,
+                 workers: int = 1):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(10, 2 * workers))
         self.stream, self.head, self.num_classes = stream, head, num_classes
         self.batch_size, self.steps = batch_size, steps
-        self.rng = np.random.default_rng()
+        self._local = threading.local()  # numpy Generators are not thread-safe: one per thread
 
     def __len__(self):
         return self.steps
 
     def __getitem__(self, i):
-        x, y = self.stream.sample(self.rng, self.batch_size)
+        rng = getattr(self._local, "rng", None)
+        if rng is None:
+            rng = self._local.rng = np.random.default_rng()
+        x, y = self.stream.sample(rng, self.batch_size)
         return x, np.asarray(encode_targets(y, self.head, self.num_classes))

@@ -285,6 +285,9 @@ _REQUEST_BODY = {
 }
 
 
+WARMUP_BATCHES = (1, 2, 3)
+
+
 def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = True,
                batch_window_ms: float | None = 0.0):
     """The FastAPI app. Decoding runs in worker threads; the model reads the images of
@@ -317,8 +320,13 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         with model_lock:
             return predictor.predict_arrays(np.stack(arrays))
 
-    if warmup:  # the first call builds the graph; pay for it before the first request
-        run_model([np.zeros((predictor.height, predictor.width, predictor.channels), np.uint8)])
+    if warmup:
+        # The first call builds the graph, and a second batch size makes Keras trace it once more
+        # for any batch size (its tf.function relaxes the shape): pay for both before the first
+        # request, so that a batch of a size not seen yet is not held up by tracing.
+        blank = np.zeros((predictor.height, predictor.width, predictor.channels), np.uint8)
+        for size in WARMUP_BATCHES:
+            run_model([blank] * size)
     batcher = None if batch_window_ms is None else MicroBatcher(
         lambda batch: predictor.predict_arrays(batch), max_batch=max(limits.max_images, 256),
         window_s=batch_window_ms / 1000)

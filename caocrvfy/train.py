@@ -57,6 +57,7 @@ class TrainConfig:
     stream_workers: int = 0
     stream_capacity: int = 200_000
     steps_per_epoch: int = 0
+    feed_threads: int = 1
     # model
     head: str = "ctc"
     filters: tuple[int, ...] = (16, 48, 64, 96)
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images kept in the streaming buffer (default {d.stream_capacity})")
     g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
                    help="batches per epoch when streaming (default: train-size / batch-size)")
+    g.add_argument("--feed-threads", type=int, default=d.feed_threads,
+                   help="threads preparing streamed batches ahead of training (default 1: more measured "
+                        "no faster on an H100, benchmarks/gpu_feed.py)")
     g = p.add_argument_group("model")
     g.add_argument("--head", choices=("ctc", "softmax", "sigmoid"), default=d.head,
                    help=f"output head (default {d.head}; sigmoid is the seed's multi-label form)")
@@ -485,7 +489,7 @@ def train(cfg: TrainConfig) -> Path:
 
     if stream:
         stream.wait_ready()
-        train_ds = StreamBatches(stream, head, len(charset), cfg.batch_size, steps)
+        train_ds = StreamBatches(stream, head, len(charset), cfg.batch_size, steps, workers=cfg.feed_threads)
     else:
         train_ds = make_dataset(*train_data, head, len(charset), cfg.batch_size, shuffle=True, seed=cfg.seed)
     val_ds = make_dataset(*val_data, head, len(charset), cfg.batch_size * 2, shuffle=False)

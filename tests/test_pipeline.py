@@ -1,3 +1,5 @@
+import concurrent.futures
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,11 @@ def test_stream_batches_draw_from_the_stream():
     x, y = batches[3]
     assert x.shape == (5, 4, 6, 1)
     np.testing.assert_array_equal(y[0], [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+
+
+def test_stream_batches_from_several_threads():
+    batches = StreamBatches(FakeStream(), "ctc", 3, batch_size=4, steps=5, workers=3)
+    assert batches.workers == 3 and not batches.use_multiprocessing
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(batches.__getitem__, range(5)))
+    assert all(x.shape == (4, 4, 6, 1) and y.tolist() == [[1, 2, 0]] * 4 for x, y in got)

@@ -330,3 +330,13 @@ def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):
         log.close()
     # uvicorn shuts down cleanly, then re-raises the signal so that the exit status shows it.
     assert server.returncode in (0, -signal.SIGTERM), (tmp_path / "serve.log").read_text()
+
+
+def test_warmup_leaves_no_batch_size_to_trace(run):
+    fresh = Predictor.load(run)  # a model this module has not called yet
+    create_app(fresh, LIMITS)
+    traced = fresh.model.predict_function.experimental_get_tracing_count()
+    blank = np.zeros((fresh.height, fresh.width, fresh.channels), np.uint8)
+    for size in (4, 7, 13):
+        fresh.predict_arrays(np.stack([blank] * size))
+    assert fresh.model.predict_function.experimental_get_tracing_count() == traced

@@ -3,6 +3,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,16 @@ def test_cosine_to_budget_after_warmup():
 # ---------------------------------------------------------------- stopping and resuming
 
 
+def test_training_callbacks_leave_batch_ends_to_keras(tmp_path):
+    # A batch-end hook makes Keras fetch every step's logs, waiting for the device each step.
+    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max")
+    plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss")
+    per_batch = [cb.LinearWarmup(0.001, 10), cb.CosineToBudget(0.001, 1e-6, 10, 3, 10, 1.0), cb.TimeLimit(1.0),
+                 cb.EpochLog(3), early, plateau, cb.Checkpoints(tmp_path, early, plateau)]
+    for callback in per_batch:
+        assert type(callback).on_train_batch_end is keras.callbacks.Callback.on_train_batch_end, callback
+
+
 def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache):
     run = tmp_path / "run"
     code = train_main([
@@ -162,6 +173,22 @@ def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache):
     assert load_json(run / "state.json")["epoch"] == 1
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
     assert load_json(run / "config.json")["time_limit"] == pytest.approx(0.000001)
+
+
+def test_jax_backend_trains_augmented_models_compiled(tmp_path, synthetic_cache):
+    # GPU boxes run Keras on JAX; without jit (which Keras refuses for its augmentation layers
+    # unless told they are safe there) a step runs op by op.
+    pytest.importorskip("jax")
+    run = tmp_path / "run"
+    args = ["--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--train-size", "32",
+            "--val-size", "16", "--cache-dir", str(synthetic_cache), "--filters", "8,8,8,8", "--dense-units", "8",
+            "--rnn-units", "8", "--batch-size", "16", "--epochs", "1", "--augment", "on", "--out", str(run)]
+    done = subprocess.run([sys.executable, "-m", "caocrvfy.train", *args], capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "JAX on" in done.stderr and "augmentation on" in done.stderr
+    assert "jit_compile=False" not in done.stderr
+    assert (run / "model.keras").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,83 @@
+"""How to spend 20 CPU minutes: fewer captchas seen many times, or more seen fewer times?
+
+    KERAS_BACKEND=jax python benchmarks/data_budget.py --out /tmp/budget --parallel 6 \\
+        --variants 30000:15,52000:8,90000:4,150000:2
+
+On a 2-core CPU, drawing captchas and training share the 20 minutes of issue 3: drawing D
+captchas takes D / 355 seconds (both cores), and the default model then trains at about 420
+images/s (BENCHMARKS.md). So 30,000 captchas leave time for about 15 passes, 52,000 for 8,
+90,000 for 4 and 150,000 for 2. Each variant `D:EPOCHS[:PEAK_RATE]` trains the default model on
+the first D of one cached pool for that many epochs (batch 64, the same number of warmup steps,
+cosine decay to the end), with the same validation set, and reads the same fresh test set.
+The outcome depends only on which images and how many steps, not on the device, so a GPU
+settles in minutes what takes the CPU 20 minutes a variant; the winner is then checked on the
+CPU with the real time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ablation import run_variant
+
+WARMUP_STEPS = 940  # 2 epochs of 30,000 at batch 64: the default training's warmup
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="runs, data cache and test set go here")
+    p.add_argument("--variants", default="30000:15,52000:8,90000:4,150000:2",
+                   help="comma-separated TRAIN_SIZE:EPOCHS[:PEAK_RATE] (default: the 20-minute CPU budgets)")
+    p.add_argument("--learning-rate", type=float, default=0.0012, help="peak rate (default 0.0012, the default)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--val-size", type=int, default=2000)
+    p.add_argument("--test-size", type=int, default=3000)
+    p.add_argument("--parallel", type=int, default=1, help="variants trained at once (default 1)")
+    args = p.parse_args()
+
+    from caocrvfy.data import CaptchaSpec, generate
+    from caocrvfy.train import TrainConfig, _synthetic_cache
+
+    variants = {}
+    for item in args.variants.split(","):
+        size, epochs, *rate = item.split(":")
+        size, epochs, rate = int(size), int(epochs), float(rate[0]) if rate else args.learning_rate
+        variants[f"{size} x {epochs}, rate {rate}"] = [
+            "--train-size", str(size), "--epochs", str(epochs), "--learning-rate", str(rate),
+            "--warmup-epochs", f"{WARMUP_STEPS * args.batch_size / size:.4f}"]
+    spec = CaptchaSpec()
+    cache = args.out / "cache"
+    pool_size = max(int(v[1]) for v in variants.values())
+    for split, count in (("train", pool_size), ("val", args.val_size)):
+        generate(_synthetic_cache(TrainConfig(cache_dir=str(cache)), spec, split), count, spec)
+    test_dir = generate(args.out / "test", args.test_size, spec)
+    common = ["--val-size", str(args.val_size), "--batch-size", str(args.batch_size), "--schedule", "cosine",
+              "--patience", "100000", "--cache-dir", str(cache), "--seed", "0"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    if args.parallel > 1:
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.parallel:.2f}")
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        runs = pool.map(lambda item: run_variant(item[0], common, args.out, test_dir, env, item[1]), variants.items())
+        for result in runs:
+            results.append(result)
+            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}; test: {args.test_size} fresh captchas")
+    print("| training images x epochs, peak rate | images seen | test full-match | char accuracy | time |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r, options in zip(results, variants.values()):
+        seen = int(options[1]) * int(options[3])
+        cells = (f"{r['full_match']:.2%} | {r['char_accuracy']:.2%}" if "full_match" in r
+                 else f"failed: see {r['run']}/train.log |")
+        print(f"| {r['name']} | {seen:,} | {cells} | {r['seconds']:.0f} s |")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""How fast the streaming input pipeline feeds training, against the model's own rate.
+
+    KERAS_BACKEND=jax python benchmarks/gpu_feed.py --workers 14 --steps 200 --rounds 4
+
+Synthetic captchas (6 of 0-9a-zA-Z, 160 x 60) are drawn by --workers processes into the ring
+buffer while these variants take turns, one epoch of --steps batches each:
+- `arrays`: in-memory images (a snapshot of the buffer): what the model takes;
+- `stream, batch-end hook`: one feeding thread, plus a callback with a batch-end hook (what
+  `TimeLimit` had before 2026-11-23): Keras then converts every step's logs to numbers;
+- `stream`: one feeding thread, with the training's own callbacks;
+- `stream, N threads`: N feeding threads (`--feed-threads N` in training).
+The first round (compilation) is not counted; the best later epoch is reported in images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import keras
+import numpy as np
+
+import caocrvfy  # noqa: F401
+from caocrvfy import callbacks as cb
+from caocrvfy import data
+from caocrvfy.model_enhanced import build_model, compile_model
+from caocrvfy.pipeline import StreamBatches
+
+SIZES = {"gpu-size": {"filters": (64, 128, 192, 256), "dense_units": 256, "rnn_units": 192, "column_stride": 4},
+         "default": {}}
+
+
+class BatchEndHook(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(SIZES), default="gpu-size")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="drawing processes")
+    p.add_argument("--threads", default="4,8", help="feeding-thread counts to try (default 4,8)")
+    p.add_argument("--steps", type=int, default=200, help="batches per epoch (default 200)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=4, help="epochs per variant, the first not counted")
+    p.add_argument("--capacity", type=int, default=200_000)
+    args = p.parse_args()
+
+    spec = data.CaptchaSpec()
+    stream = data.SyntheticStream(spec, 1, args.capacity, args.workers, initial=min(20_000, args.capacity))
+    stream.wait_ready()
+    model = build_model(input_shape=(spec.height, spec.width, 1), num_classes=len(spec.charset),
+                        max_length=spec.length, **SIZES[args.model])
+    compile_model(model, 0.001, jit_compile=keras.backend.backend() != "tensorflow")
+    x, y = stream.sample(np.random.default_rng(0), args.steps * args.batch_size)
+
+    def training_callbacks():
+        return [cb.LinearWarmup(0.001, 0), cb.CosineToBudget(0.001, 1e-5, 0, 100, args.steps, None),
+                cb.TimeLimit(600)]
+
+    variants = {
+        "arrays": lambda: (x, y, []),
+        "stream, batch-end hook": lambda: (StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None,
+                                           training_callbacks() + [BatchEndHook()]),
+        "stream": lambda: (StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None, training_callbacks()),
+    }
+    for n in map(int, args.threads.split(",")):
+        variants[f"stream, {n} threads"] = (
+            lambda n=n: (StreamBatches(stream, "ctc", 62, args.batch_size, args.steps, workers=n), None,
+                         training_callbacks()))
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    written = stream.written
+    start_all = time.perf_counter()
+    try:
+        for _ in range(args.rounds):
+            for name, make in variants.items():
+                inputs, targets, callbacks = make()
+                start = time.perf_counter()
+                model.fit(inputs, targets, batch_size=args.batch_size if targets is not None else None, epochs=1,
+                          callbacks=callbacks, verbose=0, shuffle=False)
+                seconds[name].append(time.perf_counter() - start)
+        drawn = (stream.written - written) / (time.perf_counter() - start_all)
+    finally:
+        stream.close()
+    images = args.steps * args.batch_size
+    base = images / min(seconds["arrays"][1:])
+    print(f"backend {keras.backend.backend()}, devices {keras.distribution.list_devices()}, model {args.model} "
+          f"({model.count_params():,} parameters), batch {args.batch_size}, {args.steps} steps per epoch, "
+          f"{args.workers} drawing processes adding {drawn:,.0f} captchas/s")
+    print("| variant | train images/s | vs arrays |")
+    print("| --- | ---: | ---: |")
+    rows = []
+    for name, secs in seconds.items():
+        rate = images / min(secs[1:])
+        rows.append({"variant": name, "images_per_s": rate, "seconds": secs})
+        print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
