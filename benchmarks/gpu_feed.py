@@ -8,7 +8,9 @@ buffer while these variants take turns, one epoch of --steps batches each:
 - `stream, batch-end hook`: one feeding thread, plus a callback with a batch-end hook (what
   `TimeLimit` had before 2026-11-23): Keras then converts every step's logs to numbers;
 - `stream`: one feeding thread, with the training's own callbacks;
-- `stream, N threads`: N feeding threads (`--feed-threads N` in training).
+- `stream, N threads`: N feeding threads (`--feed-threads N` in training);
+- with --steps-per-execution N, arrays and stream again with N steps per compiled call
+  (`--steps-per-execution N` in training).
 The first round (compilation) is not counted; the best later epoch is reported in images/s.
 """
 
@@ -46,6 +48,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rounds", type=int, default=4, help="epochs per variant, the first not counted")
     p.add_argument("--capacity", type=int, default=200_000)
+    p.add_argument("--steps-per-execution", type=int, default=0,
+                   help="also time arrays and stream with this many steps per compiled call")
     args = p.parse_args()
 
     spec = data.CaptchaSpec()
@@ -53,7 +57,13 @@ def main() -> None:
     stream.wait_ready()
     model = build_model(input_shape=(spec.height, spec.width, 1), num_classes=len(spec.charset),
                         max_length=spec.length, **SIZES[args.model])
-    compile_model(model, 0.001, jit_compile=keras.backend.backend() != "tensorflow")
+    jit = keras.backend.backend() != "tensorflow"
+    compile_model(model, 0.001, jit_compile=jit)
+    grouped = None
+    if args.steps_per_execution:
+        grouped = build_model(input_shape=(spec.height, spec.width, 1), num_classes=len(spec.charset),
+                              max_length=spec.length, **SIZES[args.model])
+        compile_model(grouped, 0.001, jit_compile=jit, steps_per_execution=args.steps_per_execution)
     x, y = stream.sample(np.random.default_rng(0), args.steps * args.batch_size)
 
     def training_callbacks():
@@ -61,24 +71,29 @@ def main() -> None:
                 cb.TimeLimit(600)]
 
     variants = {
-        "arrays": lambda: (x, y, []),
-        "stream, batch-end hook": lambda: (StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None,
+        "arrays": lambda: (model, x, y, []),
+        "stream, batch-end hook": lambda: (model, StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None,
                                            training_callbacks() + [BatchEndHook()]),
-        "stream": lambda: (StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None, training_callbacks()),
+        "stream": lambda: (model, StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None, training_callbacks()),
     }
     for n in map(int, args.threads.split(",")):
         variants[f"stream, {n} threads"] = (
-            lambda n=n: (StreamBatches(stream, "ctc", 62, args.batch_size, args.steps, workers=n), None,
+            lambda n=n: (model, StreamBatches(stream, "ctc", 62, args.batch_size, args.steps, workers=n), None,
                          training_callbacks()))
+    if grouped is not None:
+        n = args.steps_per_execution
+        variants[f"arrays, {n} steps per call"] = lambda: (grouped, x, y, [])
+        variants[f"stream, {n} steps per call"] = lambda: (
+            grouped, StreamBatches(stream, "ctc", 62, args.batch_size, args.steps), None, training_callbacks())
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     written = stream.written
     start_all = time.perf_counter()
     try:
         for _ in range(args.rounds):
             for name, make in variants.items():
-                inputs, targets, callbacks = make()
+                trained, inputs, targets, callbacks = make()
                 start = time.perf_counter()
-                model.fit(inputs, targets, batch_size=args.batch_size if targets is not None else None, epochs=1,
+                trained.fit(inputs, targets, batch_size=args.batch_size if targets is not None else None, epochs=1,
                           callbacks=callbacks, verbose=0, shuffle=False)
                 seconds[name].append(time.perf_counter() - start)
         drawn = (stream.written - written) / (time.perf_counter() - start_all)

@@ -36,7 +36,18 @@ def current_lr(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-class LinearWarmup(keras.callbacks.Callback):
+class _StepCallback(keras.callbacks.Callback):
+    """Knows the optimizer step a batch begins at, also when Keras runs several steps per call
+    (`steps_per_execution`) and calls the batch hooks once per call with the first step's index."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def step_of(self, batch: int) -> int:
+        return self.epoch_start + batch
+
+
+class LinearWarmup(_StepCallback):
     """Raises the rate linearly to `target_lr` over `warmup_steps` optimizer steps.
 
     The first step already trains at target_lr / warmup_steps (> 0); after warmup the rate
@@ -47,18 +58,14 @@ class LinearWarmup(keras.callbacks.Callback):
         super().__init__()
         self.target_lr = target_lr
         self.warmup_steps = max(int(warmup_steps), 0)
-        self.step = 0
-
-    def on_train_begin(self, logs=None):
-        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.step < self.warmup_steps:
-            self.model.optimizer.learning_rate = self.target_lr * (self.step + 1) / self.warmup_steps
-        self.step += 1
+        step = self.step_of(batch)
+        if step < self.warmup_steps:
+            self.model.optimizer.learning_rate = self.target_lr * (step + 1) / self.warmup_steps
 
 
-class CosineToBudget(keras.callbacks.Callback):
+class CosineToBudget(_StepCallback):
     """Cosine decay from `peak_lr` to `floor_lr` over the run's budget: the time limit when
     one is set (the fraction of time used), else the epochs. Starts after warmup."""
 
@@ -71,16 +78,15 @@ class CosineToBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
-        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.step += 1
-        if self.step <= self.warmup_steps:
+        step = self.step_of(batch) + 1
+        if step <= self.warmup_steps:
             return
         if self.seconds:
             done = (time.monotonic() - self.start) / self.seconds
         else:
-            done = (self.step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+            done = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
         done = min(max(done, 0.0), 1.0)
         lr = self.floor_lr + 0.5 * (self.peak_lr - self.floor_lr) * (1 + math.cos(math.pi * done))
         self.model.optimizer.learning_rate = lr

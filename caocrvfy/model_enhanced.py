@@ -169,6 +169,7 @@ def compile_model(
     focal_alpha: float = 0.25,
     label_smoothing: float = 0.0,
     jit_compile: bool | str = "auto",
+    steps_per_execution: int = 1,
     **loss_options,
 ) -> keras.Model:
     """Adam (initial rate 0.0012) and the head's loss: BinaryFocalLoss for sigmoid, categorical
@@ -176,18 +177,24 @@ def compile_model(
     `loss_options` go to `make_loss` (loss, loss_weights, class_weights, tversky_alpha/beta);
     a loss of several terms adds one `<term>_term` metric per term."""
     head = model_head(model)
-    if keras.backend.backend() == "jax":
-        # Keras marks its geometric augmentation layers as not jit-compatible because XLA on
-        # TensorFlow lacks their transform op; on JAX they are plain jax.numpy, and without jit
-        # the whole step would run op by op, many times slower.
-        for layer in model.layers:
-            if isinstance(layer, AUGMENTATION_LAYERS):
-                layer.supports_jit = True
+    allow_jit_on_jax(model)
     loss = make_loss(head, use_focal_loss, focal_gamma, focal_alpha, label_smoothing, **loss_options)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate or DEFAULT_LEARNING_RATE),
         loss=loss,
         metrics=metrics_for(head) + (term_metrics(loss) if isinstance(loss, PositionLoss) else []),
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def allow_jit_on_jax(model: keras.Model) -> None:
+    """Keras marks its geometric augmentation layers as not jit-compatible because XLA on
+    TensorFlow lacks their transform op; on JAX they are plain jax.numpy, and without jit the
+    whole training step would run op by op, many times slower. Call before compiling (or, for
+    a model loaded compiled, then set `model.jit_compile = True`)."""
+    if keras.backend.backend() == "jax":
+        for layer in model.layers:
+            if isinstance(layer, AUGMENTATION_LAYERS):
+                layer.supports_jit = True

@@ -87,16 +87,22 @@ def ctc_best_path_of_length(probs: np.ndarray, length: int) -> np.ndarray | None
         new[:, 1:] = stay
         back[t, :, 1:, 0] = np.arange(length + 1)[:, None]
         back[t, :, 1:, 1] = np.arange(1, symbols)[None, :]
-        # A new character (after a blank or a different character) adds one.
-        for c in range(1, symbols):
-            others = score[:-1].copy()
-            others[:, c] = -np.inf
-            best_prev = others.argmax(1)
-            moved = others[np.arange(length), best_prev] + logp[t, c]
-            better = moved > new[1:, c]
-            new[1:, c] = np.where(better, moved, new[1:, c])
-            back[t, 1:, c, 0] = np.where(better, np.arange(length), back[t, 1:, c, 0])
-            back[t, 1:, c, 1] = np.where(better, best_prev, back[t, 1:, c, 1])
+        # A new character (after a blank or a different character) adds one. The best symbol
+        # to come from is the best of the others: the first best, or for that very character
+        # the second best (both as argmax picks them, first index on ties).
+        prev = score[:-1]
+        rows = np.arange(length)
+        first = prev.argmax(1)
+        masked = prev.copy()
+        masked[rows, first] = -np.inf
+        second = masked.argmax(1)
+        chars = np.arange(1, symbols)
+        best_prev = np.where(chars[None, :] == first[:, None], second[:, None], first[:, None])
+        moved = prev[rows[:, None], best_prev] + logp[t, 1:][None, :]
+        better = moved > new[1:, 1:]
+        new[1:, 1:] = np.where(better, moved, new[1:, 1:])
+        back[t, 1:, 1:, 0] = np.where(better, rows[:, None], back[t, 1:, 1:, 0])
+        back[t, 1:, 1:, 1] = np.where(better, best_prev, back[t, 1:, 1:, 1])
         score = new
     if not np.isfinite(score[length]).any():
         return None

@@ -90,6 +90,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-6
     time_limit: float | None = None
     jit_compile: bool = False
+    steps_per_execution: int = 0  # 0: GPU_STEPS_PER_EXECUTION on a GPU, else 1
     mixed_precision: bool = False
     seed: int = 0
     # output
@@ -101,6 +102,7 @@ class TrainConfig:
 
 AUGMENT_BELOW = 5_000  # labelled images; below this augmentation is on unless switched off
 SMALL_SET_BELOW, SMALL_BATCH, BATCH = 2_000, 16, 64  # labelled images; batch size below and above
+GPU_STEPS_PER_EXECUTION = 8  # 1.59x the stream-fed rate on an H100 (benchmarks/gpu_feed.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-limit", type=float, help="stop cleanly after this many minutes, keeping the best model")
     g.add_argument("--jit-compile", action="store_true", help="XLA (slower on a 2-core CPU; see BENCHMARKS.md)")
     g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
+    g.add_argument("--steps-per-execution", type=int, default=d.steps_per_execution,
+                   help=f"training steps per compiled call (default {GPU_STEPS_PER_EXECUTION} on a GPU, where it "
+                        "cuts the per-step overhead (BENCHMARKS.md), else 1)")
     g.add_argument("--seed", type=int, default=d.seed, help="(default 0)")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (default: models/runs/<time>)")
@@ -210,6 +215,12 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
                 setattr(cfg, name, getattr(args, name))
         return cfg
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+
+
+def on_gpu() -> bool:
+    import keras
+
+    return any(d.lower().startswith(("gpu", "cuda")) for d in keras.distribution.list_devices())
 
 
 def describe_device() -> str:
@@ -403,11 +414,15 @@ def _model_for(cfg: TrainConfig, state: dict, run_dir: Path, input_shape, charse
     a new model (with --init's weights where they fit)."""
     import keras
 
-    from caocrvfy.model_enhanced import build_model, compile_model
+    from caocrvfy.model_enhanced import allow_jit_on_jax, build_model, compile_model
 
     if state:
         log.info(f"resuming after epoch {state['epoch']} at learning rate {state['learning_rate']:.2e}")
-        return keras.models.load_model(run_dir / "last.keras"), state["epoch"]
+        model = keras.models.load_model(run_dir / "last.keras")
+        allow_jit_on_jax(model)
+        model.jit_compile = jit
+        model.steps_per_execution = cfg.resolved["steps_per_execution"]
+        return model, state["epoch"]
     model = build_model(input_shape, len(charset), max_length, head, filters=tuple(cfg.filters),
                         dense_units=cfg.dense_units, rnn_units=cfg.rnn_units, sequence=cfg.sequence,
                         stem=cfg.stem, column_stride=cfg.column_stride, attention=cfg.attention,
@@ -416,7 +431,8 @@ def _model_for(cfg: TrainConfig, state: dict, run_dir: Path, input_shape, charse
         copied = transfer_weights(init_source, model)
         log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
     compile_model(model, cfg.learning_rate, cfg.use_focal_loss, cfg.focal_gamma, cfg.focal_alpha,
-                  cfg.label_smoothing, jit_compile=jit, **loss_options(cfg))
+                  cfg.label_smoothing, jit_compile=jit, steps_per_execution=cfg.resolved["steps_per_execution"],
+                  **loss_options(cfg))
     return model, 0
 
 
@@ -477,6 +493,7 @@ def train(cfg: TrainConfig) -> Path:
         cfg.batch_size = SMALL_BATCH if cfg.data is not None and n_train < SMALL_SET_BELOW else BATCH
     steps = cfg.steps_per_epoch or max(1, -(-n_train // cfg.batch_size))
     cfg.resolved["steps_per_epoch"] = steps
+    cfg.resolved["steps_per_execution"] = cfg.steps_per_execution or (GPU_STEPS_PER_EXECUTION if on_gpu() else 1)
 
     with scope:
         model, initial_epoch = _model_for(cfg, state, chief_dir, input_shape, charset, max_length, head, augment,

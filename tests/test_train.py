@@ -114,6 +114,18 @@ def test_linear_warmup_starts_above_zero_and_reaches_the_target():
     np.testing.assert_allclose(record.rates, [0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rtol=1e-6)
 
 
+def test_schedules_count_optimizer_steps_with_several_steps_per_call():
+    # Keras then calls the batch hooks once per call of 2 steps: the rate is set for the first.
+    model, x, y = tiny_regression(learning_rate=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse", steps_per_execution=2)
+    record = RecordRate()
+    cosine = cb.CosineToBudget(0.1, 0.001, warmup_steps=2, epochs=3, steps_per_epoch=2, minutes=None)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 2), cosine, record])
+    expected = [0.05] + [0.001 + 0.0495 * (1 + math.cos(math.pi * k / 4)) for k in (1, 3)]
+    np.testing.assert_allclose(record.rates, expected, rtol=1e-5)
+    assert int(model.optimizer.iterations) == 6
+
+
 def test_linear_warmup_carries_on_from_the_optimizer_step():
     model, x, y = tiny_regression()
     model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 8)])

@@ -1,0 +1,34 @@
+"""The models shipped under models/: they load, fit the size limit, and read fresh captchas of
+their own kind (a small sample, so the bar is well below their measured accuracy)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from caocrvfy.charset import parse_charset
+from caocrvfy.data import CaptchaSpec, generate
+from caocrvfy.predict import Predictor
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SHIPPED = sorted(p.name for p in MODELS.glob("captcha-*") if (p / "model.keras").exists())
+
+
+def test_the_three_models_are_shipped():
+    assert SHIPPED == ["captcha-4x36", "captcha-6x62", "captcha-6x62-small"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_reads_fresh_captchas(name, tmp_path):
+    folder = MODELS / name
+    assert (folder / "model.keras").stat().st_size <= 10 * 1024 * 1024
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test_fresh_cpu"]["count"] >= 2000 and metrics["test_fresh_gpu_box"]["count"] >= 2000
+    reader = Predictor.load(folder)
+    resolved = json.loads((folder / "config.json").read_text())["resolved"]
+    height, width, _ = resolved["input_shape"]
+    spec = CaptchaSpec(parse_charset(resolved["charset"]), resolved["max_length"], width, height)
+    fresh = generate(tmp_path / "fresh", 40, spec, workers=1)
+    paths = sorted(fresh.glob("*.png"))
+    right = sum(p.name.split("_")[0] == prediction.text for p, prediction in zip(paths, reader.predict(paths)))
+    assert right >= 32, f"{name} read {right} of 40 fresh captchas"  # 94-99% measured: 80% is a safe bar
