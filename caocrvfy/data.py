@@ -100,13 +100,15 @@ def _write_chunk(job: tuple[str, CaptchaSpec, int, int]) -> int:
     return count
 
 
-def _array_chunk(job: tuple[CaptchaSpec, int, int]) -> tuple[np.ndarray, list[str]]:
-    spec, count, channels = job
+def _array_chunk(job: tuple[CaptchaSpec, int, int, tuple[int, int]]) -> tuple[np.ndarray, list[str]]:
+    """`count` captchas as uint8 arrays of `size` (height, width): resized as `open_image` does."""
+    spec, count, channels, (height, width) = job
     labels = _random_labels(spec.charset, spec.length, count)
     mode = "L" if channels == 1 else "RGB"
-    images = np.stack(
-        [np.asarray(_worker_generator.generate_image(label).convert(mode)) for label in labels]
-    ).reshape(count, spec.height, spec.width, channels)
+    drawn = (_worker_generator.generate_image(label).convert(mode) for label in labels)
+    if (height, width) != (spec.height, spec.width):
+        drawn = (im.resize((width, height), Image.BILINEAR) for im in drawn)
+    images = np.stack([np.asarray(im) for im in drawn]).reshape(count, height, width, channels)
     return images, labels
 
 
@@ -165,9 +167,11 @@ class SyntheticStream:
     image is seen only a few times; with few workers the buffer still turns over slowly.
     """
 
-    def __init__(self, spec: CaptchaSpec, channels: int, capacity: int, workers: int, initial: int):
+    def __init__(self, spec: CaptchaSpec, channels: int, capacity: int, workers: int, initial: int,
+                 size: tuple[int, int] | None = None):
         self.spec, self.channels, self.capacity = spec, channels, capacity
-        self.images = np.zeros((capacity, spec.height, spec.width, channels), np.uint8)
+        self.size = size or (spec.height, spec.width)  # (height, width) kept: the model's input
+        self.images = np.zeros((capacity, *self.size, channels), np.uint8)
         self.labels = np.zeros((capacity, spec.length), np.int32)
         self.filled = 0
         self.written = 0
@@ -190,7 +194,7 @@ class SyntheticStream:
 
     def _fill_until_stopped(self) -> None:
         progress = Progress(self._initial, "first captchas")
-        job = (self.spec, 64, self.channels)
+        job = (self.spec, 64, self.channels, self.size)
         while not self._stop.is_set():
             # Bounded rounds: an endless job iterator would be drained into the task queue at once.
             chunks = self._pool.imap_unordered(_array_chunk, [job] * (2 * self._workers))

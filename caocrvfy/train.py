@@ -49,6 +49,7 @@ class TrainConfig:
     width: int = 160
     height: int = 60
     channels: int = 1
+    input_scale: float = 1.0
     train_size: int = 20_000
     val_size: int = 2_000
     val_fraction: float = 0.1
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"image height (default {d.height}; for --data: 64, width from the images)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=d.channels,
                    help=f"1 grey or 3 colour (default {d.channels})")
+    g.add_argument("--input-scale", type=float, default=d.input_scale,
+                   help="the model reads images scaled by this (0.5: half the height and width, about twice as "
+                        "fast to train on a CPU; use --column-stride 4 then); captchas are still drawn at "
+                        "--width x --height (default 1)")
     g.add_argument("--train-size", type=int, default=d.train_size,
                    help=f"synthetic training images, cached under --cache-dir (default {d.train_size})")
     g.add_argument("--val-size", type=int, default=d.val_size,
@@ -244,6 +249,11 @@ def _synthetic_cache(cfg: TrainConfig, spec, split: str) -> Path:
     return Path(cfg.cache_dir) / f"synthetic-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
 
 
+def model_size(cfg: TrainConfig) -> tuple[int, int]:
+    """The model's input (height, width): the images' size times --input-scale."""
+    return max(1, round(cfg.height * cfg.input_scale)), max(1, round(cfg.width * cfg.input_scale))
+
+
 def load_data(cfg: TrainConfig):
     """Returns (train, validation, charset, max_length, fixed_length, stream) with the arrays
     as (uint8 images, 1-based padded indices)."""
@@ -257,7 +267,7 @@ def load_data(cfg: TrainConfig):
             cfg.height, cfg.width = found.manifest["height"], found.manifest["width"]
         elif not cfg.resolved.get("input_shape"):
             cfg.height, cfg.width = data.choose_input_size(found.paths, height=64)
-        images, labels, paths = data.load_images(found, cfg.height, cfg.width, cfg.channels)
+        images, labels, paths = data.load_images(found, *model_size(cfg), cfg.channels)
         found.report_skipped()
         charset = cfg.resolved.get("charset") or found.charset
         max_length = cfg.resolved.get("max_length") or max(len(s) for s in labels)
@@ -278,13 +288,13 @@ def load_data(cfg: TrainConfig):
         folder = data.generate(_synthetic_cache(cfg, spec, split), count, spec)
         found = data.read_folder(folder, charset=spec.charset, length=spec.length)
         chosen = data.LabelledSet(found.root, found.paths[:count], found.labels[:count], spec.charset)
-        images, labels, _ = data.load_images(chosen, cfg.height, cfg.width, cfg.channels, dedupe=False)
+        images, labels, _ = data.load_images(chosen, *model_size(cfg), cfg.channels, dedupe=False)
         return images, encode_labels(labels, spec.charset, spec.length)
 
     validation = cached("val", cfg.val_size)
     if cfg.stream_workers:
         stream = data.SyntheticStream(spec, cfg.channels, cfg.stream_capacity, cfg.stream_workers,
-                                      initial=min(cfg.train_size, cfg.stream_capacity))
+                                      initial=min(cfg.train_size, cfg.stream_capacity), size=model_size(cfg))
         return None, validation, spec.charset, spec.length, True, stream
     return cached("train", cfg.train_size), validation, spec.charset, spec.length, True, None
 
@@ -475,7 +485,7 @@ def train(cfg: TrainConfig) -> Path:
     jit = cfg.jit_compile if keras.backend.backend() == "tensorflow" else True
     init_source = load_init(cfg) if cfg.init and not state else None
     train_data, val_data, charset, max_length, fixed, stream = load_data(cfg)
-    input_shape = (cfg.height, cfg.width, cfg.channels)
+    input_shape = (*model_size(cfg), cfg.channels)
     n_train = len(train_data[0]) if train_data else cfg.train_size
     augment = cfg.augment == "on" or (cfg.augment == "auto" and cfg.data is not None and n_train < AUGMENT_BELOW)
     head = cfg.head

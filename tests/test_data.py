@@ -77,6 +77,16 @@ def test_synthetic_stream_fills_and_samples(tiny_spec):
     assert not stream._thread.is_alive()  # close() leaves no filling thread behind
 
 
+def test_synthetic_stream_keeps_captchas_at_the_model_size(tiny_spec):
+    stream = SyntheticStream(tiny_spec, channels=1, capacity=40, workers=1, initial=8, size=(12, 32))
+    try:
+        stream.wait_ready()
+        images, _ = stream.sample(np.random.default_rng(0), 4)
+        assert images.shape == (4, 12, 32, 1) and images.reshape(4, -1).std(1).min() > 0
+    finally:
+        stream.close()
+
+
 # ---------------------------------------------------------------- read_folder
 
 

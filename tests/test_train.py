@@ -203,6 +203,24 @@ def test_jax_backend_trains_augmented_models_compiled(tmp_path, synthetic_cache)
     assert (run / "model.keras").is_file()
 
 
+def test_input_scale_trains_on_smaller_images_and_reads_full_size_ones(tmp_path, synthetic_cache, generated_dir):
+    from caocrvfy.predict import Predictor
+
+    run = tmp_path / "run"
+    code = train_main([
+        "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--input-scale", "0.5",
+        "--column-stride", "4", "--train-size", "32", "--val-size", "16", "--cache-dir", str(synthetic_cache),
+        "--filters", "8,8,8,8", "--dense-units", "8", "--rnn-units", "8", "--batch-size", "16", "--epochs", "1",
+        "--out", str(run),
+    ])
+    assert code == 0
+    assert load_json(run / "config.json")["resolved"]["input_shape"] == [12, 32, 1]
+    reader = Predictor.load(run)
+    assert reader.model.input_shape == (None, 12, 32, 1)
+    full_size = sorted(generated_dir.glob("*.png"))[:3]  # drawn at 64 x 24, resized on reading
+    assert all(len(p.text) == 3 for p in reader.predict(full_size))
+
+
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, make_config) -> Path:
     run = tmp_path_factory.mktemp("resume")
