@@ -59,10 +59,16 @@ class LinearWarmup(_StepCallback):
         self.target_lr = target_lr
         self.warmup_steps = max(int(warmup_steps), 0)
 
+    warming = False
+
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step_of(batch)
         if step < self.warmup_steps:
             self.model.optimizer.learning_rate = self.target_lr * (step + 1) / self.warmup_steps
+            self.warming = True
+        elif self.warming:  # with several steps per call the last warmup step may not begin a call
+            self.model.optimizer.learning_rate = self.target_lr
+            self.warming = False
 
 
 class CosineToBudget(_StepCallback):

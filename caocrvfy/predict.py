@@ -203,6 +203,10 @@ class Predictor:
         return open_image(image, self.height, self.width, self.channels)
 
     def predict_arrays(self, images: np.ndarray, batch_size: int = 256) -> list[Prediction]:
+        return self.decode(self.outputs(images, batch_size))
+
+    def outputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's raw outputs for a uint8 batch (what `decode` turns into text)."""
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
@@ -210,9 +214,12 @@ class Predictor:
                 outputs.append(np.asarray(self.model.predict_on_batch(batch)))
             else:
                 outputs.append(np.asarray(self.model(batch)))
-        if not outputs:
+        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+    def decode(self, outputs: np.ndarray) -> list[Prediction]:
+        if not len(outputs):
             return []
-        return decode_outputs(np.concatenate(outputs), self.head, self.charset, self.length)
+        return decode_outputs(outputs, self.head, self.charset, self.length)
 
     def predict(self, images: list, batch_size: int = 256) -> list[Prediction]:
         """Reads each image; raises DataError naming the first one that cannot be decoded."""

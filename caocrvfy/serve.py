@@ -327,14 +327,16 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         blank = np.zeros((predictor.height, predictor.width, predictor.channels), np.uint8)
         for size in WARMUP_BATCHES:
             run_model([blank] * size)
+    # The batcher thread only runs the model; each request turns its own outputs into text in a
+    # worker thread, so the next model call need not wait for the decoding of the last one.
     batcher = None if batch_window_ms is None else MicroBatcher(
-        lambda batch: predictor.predict_arrays(batch), max_batch=max(limits.max_images, 256),
-        window_s=batch_window_ms / 1000)
+        predictor.outputs, max_batch=max(limits.max_images, 256), window_s=batch_window_ms / 1000)
 
     async def read(arrays: list[np.ndarray]):
         if batcher is None:
             return await run_in_threadpool(run_model, arrays)
-        return await asyncio.wrap_future(batcher.submit(arrays))
+        outputs = await asyncio.wrap_future(batcher.submit(arrays))
+        return await run_in_threadpool(predictor.decode, outputs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

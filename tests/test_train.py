@@ -126,6 +126,14 @@ def test_schedules_count_optimizer_steps_with_several_steps_per_call():
     assert int(model.optimizer.iterations) == 6
 
 
+def test_linear_warmup_reaches_the_target_with_several_steps_per_call():
+    model, x, y = tiny_regression(learning_rate=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse", steps_per_execution=2)
+    record = RecordRate()  # warmup of 3 steps; calls begin at steps 0, 2, 4
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 3), record])
+    np.testing.assert_allclose(record.rates, [0.1 / 3, 0.1, 0.1], rtol=1e-6)
+
+
 def test_linear_warmup_carries_on_from_the_optimizer_step():
     model, x, y = tiny_regression()
     model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[cb.LinearWarmup(0.1, 8)])
