@@ -76,14 +76,15 @@ class CosineToBudget(_StepCallback):
     one is set (the fraction of time used), else the epochs. Starts after warmup."""
 
     def __init__(self, peak_lr: float, floor_lr: float, warmup_steps: int, epochs: int, steps_per_epoch: int,
-                 minutes: float | None):
+                 minutes: float | None, already: float = 0.0):
         super().__init__()
         self.peak_lr, self.floor_lr = peak_lr, floor_lr
         self.warmup_steps, self.total_steps = warmup_steps, epochs * steps_per_epoch
         self.seconds = None if minutes is None else minutes * 60
+        self.already = already  # seconds trained before a --resume: the decay goes on from there
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = time.monotonic() - self.already
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self.step_of(batch) + 1
@@ -106,13 +107,14 @@ class TimeLimit(keras.callbacks.Callback):
     each step and so keeps a GPU idle while the next batch is prepared.
     """
 
-    def __init__(self, minutes: float | None):
+    def __init__(self, minutes: float | None, already: float = 0.0):
         super().__init__()
         self.seconds = None if minutes is None else minutes * 60
+        self.already = already  # seconds trained before a --resume count against the limit
         self.reached = False
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = time.monotonic() - self.already
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.seconds is not None and not self.reached and time.monotonic() - self.start > self.seconds:
@@ -215,11 +217,16 @@ class Checkpoints(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, early_stopping: ResumableEarlyStopping,
-                 plateau: ResumableReduceLROnPlateau, best: float | None = None, best_loss: float | None = None):
+                 plateau: ResumableReduceLROnPlateau, best: float | None = None, best_loss: float | None = None,
+                 trained_seconds: float = 0.0):
         super().__init__()
         self.run_dir = run_dir
         self.early_stopping, self.plateau = early_stopping, plateau
         self.best, self.best_loss = best, best_loss
+        self.trained_before = trained_seconds
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
 
     def is_better(self, score: float, loss: float | None) -> bool:
         if self.best is None or score > self.best:
@@ -241,6 +248,7 @@ class Checkpoints(keras.callbacks.Callback):
                 "learning_rate": current_lr(self.model),
                 "early_stopping": self.early_stopping.state(),
                 "plateau": self.plateau.state(),
+                "trained_seconds": round(self.trained_before + time.monotonic() - self.start, 1),
             },
             self.run_dir / "state.json",
         )

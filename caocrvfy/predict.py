@@ -156,6 +156,20 @@ def resolve_model_path(path: str | Path | None) -> tuple[Path, Path]:
     return path, config
 
 
+PREDICT_BATCH = 256  # images per model call
+
+
+def jax_backend() -> bool:
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+def bucket(n: int) -> int:
+    """The batch size a batch of `n` is padded to on JAX: the next power of two."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 class Predictor:
     """A loaded model with its character set and input size."""
 
@@ -188,6 +202,9 @@ class Predictor:
         except Exception as exc:
             raise DataError(f"{model_path} is not a caocrvfy model ({type(exc).__name__}: {exc}); "
                             "give the model.keras written by `caocrvfy train`.") from exc
+        from caocrvfy.model_enhanced import allow_jit_on_jax
+
+        allow_jit_on_jax(model)  # an augmented model would otherwise predict op by op on JAX
         return cls(model, config, model_path)
 
     def prepare(self, image) -> np.ndarray:
@@ -202,16 +219,19 @@ class Predictor:
             image = buf.getvalue()
         return open_image(image, self.height, self.width, self.channels)
 
-    def predict_arrays(self, images: np.ndarray, batch_size: int = 256) -> list[Prediction]:
+    def predict_arrays(self, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> list[Prediction]:
         return self.decode(self.outputs(images, batch_size))
 
-    def outputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def outputs(self, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
         """The model's raw outputs for a uint8 batch (what `decode` turns into text)."""
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             if hasattr(self.model, "predict_on_batch"):
-                outputs.append(np.asarray(self.model.predict_on_batch(batch)))
+                n = len(batch)
+                if jax_backend():  # JAX compiles once per batch shape: pad to a power of two
+                    batch = np.concatenate([batch, np.zeros((bucket(n) - n, *batch.shape[1:]), batch.dtype)])
+                outputs.append(np.asarray(self.model.predict_on_batch(batch))[:n])
             else:
                 outputs.append(np.asarray(self.model(batch)))
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from caocrvfy.predict import Predictor
+from caocrvfy.predict import PREDICT_BATCH, Predictor, bucket, jax_backend
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,11 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         # The first call builds the graph, and a second batch size makes Keras trace it once more
         # for any batch size (its tf.function relaxes the shape): pay for both before the first
         # request, so that a batch of a size not seen yet is not held up by tracing.
+        # On JAX every batch shape compiles once; `Predictor.outputs` pads batches to powers of two,
+        # so warming up each of those up to the largest batch covers every request.
         blank = np.zeros((predictor.height, predictor.width, predictor.channels), np.uint8)
-        for size in WARMUP_BATCHES:
+        sizes = [1 << i for i in range(bucket(PREDICT_BATCH).bit_length())] if jax_backend() else WARMUP_BATCHES
+        for size in sizes:
             run_model([blank] * size)
     # The batcher thread only runs the model; each request turns its own outputs into text in a
     # worker thread, so the next model call need not wait for the decoding of the last one.

@@ -55,6 +55,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     ignore_case: bool = False
     cache_dir: str = str(PROJECT_ROOT / "data")
+    no_cache: bool = False
     stream_workers: int = 0
     stream_capacity: int = 200_000
     steps_per_epoch: int = 0
@@ -68,6 +69,8 @@ class TrainConfig:
     stem: str = "conv"
     column_stride: int = 8
     attention: bool = True
+    conv_dropout: float = 0.2
+    head_dropout: float = 0.4
     augment: str = "auto"
     init: str | None = None
     # optimisation
@@ -90,6 +93,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     min_learning_rate: float = 1e-6
     time_limit: float | None = None
+    total_time_limit: float | None = None
     jit_compile: bool = False
     steps_per_execution: int = 0  # 0: GPU_STEPS_PER_EXECUTION on a GPU, else 1
     mixed_precision: bool = False
@@ -132,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"share of --data held out, chosen by file name (default {d.val_fraction})")
     g.add_argument("--ignore-case", action="store_true", help="fold labels to lower case")
     g.add_argument("--cache-dir", default=d.cache_dir, help="where synthetic captchas are cached (default data/)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="draw the synthetic captchas into memory instead of caching them as PNG files under "
+                        "--cache-dir: no PNG encoding and reading back, nothing kept for the next run")
     g.add_argument("--stream-workers", type=int, default=d.stream_workers,
                    help="processes making fresh synthetic captchas during training instead of a cached set "
                         "(default 0: cached set)")
@@ -157,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "first stage)")
     g.add_argument("--no-attention", dest="attention", action="store_false",
                    help="drop the channel attention after the last convolution")
+    g.add_argument("--conv-dropout", type=float, default=d.conv_dropout,
+                   help=f"dropout after the convolutions and the column features (default {d.conv_dropout})")
+    g.add_argument("--head-dropout", type=float, default=d.head_dropout,
+                   help=f"dropout before the output layer (default {d.head_dropout})")
     g.add_argument("--augment", choices=("auto", "on", "off"), default=d.augment,
                    help=f"augmentation (default auto: on below {AUGMENT_BELOW} labelled training images)")
     g.add_argument("--init", help="start from this trained model (run folder or model.keras): its "
@@ -192,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plateau-patience", type=int, default=d.plateau_patience,
                    help=f"epochs without validation-loss progress before the rate is cut (default {d.plateau_patience})")
     g.add_argument("--plateau-factor", type=float, default=d.plateau_factor, help=f"(default {d.plateau_factor})")
-    g.add_argument("--time-limit", type=float, help="stop cleanly after this many minutes, keeping the best model")
+    g.add_argument("--time-limit", type=float,
+                   help="stop cleanly after this many minutes of training (a resumed run counts its earlier ones), "
+                        "keeping the best model")
+    g.add_argument("--total-time-limit", type=float,
+                   help="the whole run, drawing and loading the data included, ends within this many minutes: "
+                        "training gets what is left (and a resumed run gets the budget anew)")
     g.add_argument("--jit-compile", action="store_true", help="XLA (slower on a 2-core CPU; see BENCHMARKS.md)")
     g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
     g.add_argument("--steps-per-execution", type=int, default=d.steps_per_execution,
@@ -205,8 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+RANGES = {  # option: (lowest, highest, whether the lowest is allowed)
+    "input_scale": (0.0, 4.0, False), "train_size": (1, None, True), "val_size": (1, None, True),
+    "val_fraction": (0.0, 1.0, False), "stream_workers": (0, None, True), "stream_capacity": (1, None, True),
+    "steps_per_epoch": (0, None, True), "feed_threads": (1, None, True), "dense_units": (1, None, True),
+    "rnn_units": (1, None, True), "conv_dropout": (0.0, 0.95, True), "head_dropout": (0.0, 0.95, True),
+    "epochs": (1, None, True), "batch_size": (1, None, True), "learning_rate": (0.0, None, False),
+    "warmup_epochs": (0.0, None, True), "time_limit": (0.0, None, False), "total_time_limit": (0.0, None, False),
+    "patience": (1, None, True), "plateau_patience": (1, None, True), "plateau_factor": (0.0, 1.0, False),
+    "steps_per_execution": (0, None, True),
+}
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One clear message for a setting out of range, before anything is drawn or built."""
+    for name, (low, high, low_ok) in RANGES.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high is not None else "")
+            parser.error(f"--{name.replace('_', '-')} must be {bound}, not {value}")
+    if any(f <= 0 for f in args.filters):
+        parser.error(f"--filters must be positive widths, not {','.join(map(str, args.filters))}")
+
+
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_ranges(parser, args)
     if args.resume:
         saved = json.loads((Path(args.resume) / "config.json").read_text())
         saved.pop("resolved", None)
@@ -215,7 +258,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         cfg.resume, cfg.out = args.resume, args.resume
         # The saved settings win, except the budget, which a user may extend when resuming.
         given = set(argv if argv is not None else sys.argv[1:])
-        for name in ("epochs", "time_limit", "patience"):
+        for name in ("epochs", "time_limit", "total_time_limit", "patience"):
             if f"--{name.replace('_', '-')}" in given:
                 setattr(cfg, name, getattr(args, name))
         return cfg
@@ -285,6 +328,9 @@ def load_data(cfg: TrainConfig):
     spec = data.CaptchaSpec(parse_charset(cfg.charset or "0-9a-zA-Z"), cfg.length, cfg.width, cfg.height)
 
     def cached(split: str, count: int):
+        if cfg.no_cache:
+            images, labels = data.draw_arrays(count, spec, cfg.channels, model_size(cfg))
+            return images, encode_labels(labels, spec.charset, spec.length)
         folder = data.generate(_synthetic_cache(cfg, spec, split), count, spec)
         found = data.read_folder(folder, charset=spec.charset, length=spec.length)
         chosen = data.LabelledSet(found.root, found.paths[:count], found.labels[:count], spec.charset)
@@ -315,8 +361,8 @@ def transfer_weights(source, target) -> int:
 
 
 ARCHITECTURE = ("filters", "dense_units", "rnn_units", "sequence", "stem", "column_stride", "attention",
-                "channels")
-LEGACY_ARCHITECTURE = {"column_stride": 4}  # what models saved before a setting existed were built with
+                "channels", "input_scale")
+LEGACY_ARCHITECTURE = {"column_stride": 4, "input_scale": 1.0}  # what models saved before a setting existed were built with
 
 
 def load_init(cfg: TrainConfig):
@@ -418,6 +464,25 @@ def _patch_keras_for_multi_worker(model) -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+FINISH_MINUTES = 0.75  # after the time limit: the cut epoch's validation, saving, the curves, the final scores
+
+
+def training_minutes(cfg: TrainConfig, used: float) -> float | None:
+    """The training time limit: --time-limit, cut to what --total-time-limit leaves after the
+    `used` minutes of drawing, loading and building, less the time the run needs to finish."""
+    from caocrvfy.data import DataError
+
+    if not cfg.total_time_limit:
+        return cfg.time_limit
+    left = cfg.total_time_limit - used - FINISH_MINUTES
+    if left <= 0:
+        raise DataError(f"preparing the run took {used:.1f} of the {cfg.total_time_limit:g} minutes of "
+                        "--total-time-limit, leaving none for training: give more minutes or a smaller --train-size.")
+    log.info(f"{used:.1f} min used before training: training stops after {left:.1f} min "
+             f"(--total-time-limit {cfg.total_time_limit:g})")
+    return min(left, cfg.time_limit) if cfg.time_limit else left
+
+
 def _model_for(cfg: TrainConfig, state: dict, run_dir: Path, input_shape, charset: str, max_length: int,
                head: str, augment: bool, init_source, jit):
     """The compiled model and the epoch to start from: the last checkpoint on --resume, else
@@ -436,7 +501,7 @@ def _model_for(cfg: TrainConfig, state: dict, run_dir: Path, input_shape, charse
     model = build_model(input_shape, len(charset), max_length, head, filters=tuple(cfg.filters),
                         dense_units=cfg.dense_units, rnn_units=cfg.rnn_units, sequence=cfg.sequence,
                         stem=cfg.stem, column_stride=cfg.column_stride, attention=cfg.attention,
-                        augment=augment)
+                        augment=augment, conv_dropout=cfg.conv_dropout, head_dropout=cfg.head_dropout)
     if cfg.init:
         copied = transfer_weights(init_source, model)
         log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
@@ -460,7 +525,8 @@ def train(cfg: TrainConfig) -> Path:
     from caocrvfy.pipeline import StreamBatches, make_dataset
     from caocrvfy.plots import plot_curves
 
-    if os.environ.get("TF_CONFIG") and (cfg.time_limit or not cfg.out):
+    started = time.monotonic()
+    if os.environ.get("TF_CONFIG") and (cfg.time_limit or cfg.total_time_limit or not cfg.out):
         # Each worker would read its own clock and stop at a different step, leaving the others
         # waiting for it; and each would name its own default run folder.
         raise DataError("with TF_CONFIG (several workers) give --out, the same on every worker, and stop by "
@@ -528,18 +594,24 @@ def train(cfg: TrainConfig) -> Path:
                                             patience=cfg.plateau_patience, min_lr=cfg.min_learning_rate,
                                             state=state.get("plateau"))
     warmup_steps = int(cfg.warmup_epochs * steps)
+    # Time limits count the training of earlier runs of a resumed one; a total limit gives this run what is left.
+    trained = state.get("trained_seconds", 0.0)
+    time_limit = training_minutes(cfg, (time.monotonic() - started) / 60)
+    if cfg.total_time_limit:
+        time_limit += trained / 60
     schedule = [plateau]
     if cfg.schedule == "cosine":
         schedule = [cb.CosineToBudget(cfg.learning_rate, cfg.min_learning_rate, warmup_steps, cfg.epochs, steps,
-                                      cfg.time_limit)]
+                                      time_limit, already=trained)]
     callbacks = [
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,
-        cb.TimeLimit(cfg.time_limit),
+        cb.TimeLimit(time_limit, already=trained),
         cb.EpochLog(cfg.epochs),
         early,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
-        cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss")),
+        cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
+                       trained_seconds=trained),
     ]
     interrupted = False
     try:

@@ -267,3 +267,9 @@ def test_cli_evaluate_json(trained_run, generated_dir, reader, capsys):
 def test_cli_reports_data_errors_with_exit_code_2(tmp_path, capsys):
     assert cli_main(["predict", "--model", str(tmp_path), "x.png"]) == 2
     assert capsys.readouterr().out == ""
+
+
+def test_jax_batches_are_padded_to_powers_of_two():
+    from caocrvfy.predict import bucket
+
+    assert [bucket(n) for n in (0, 1, 2, 3, 5, 128, 129, 256)] == [1, 1, 2, 4, 8, 128, 256, 256]

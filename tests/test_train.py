@@ -167,7 +167,35 @@ def test_cosine_to_budget_after_warmup():
     np.testing.assert_allclose(record.rates, expected, rtol=1e-5)
 
 
+def test_cosine_to_budget_goes_on_after_a_resume():
+    model, x, y = tiny_regression()
+    record = RecordRate()
+    # 30 of 60 seconds trained before: the first step after warmup is at the middle of the decay.
+    cosine = cb.CosineToBudget(0.1, 0.0, warmup_steps=0, epochs=1, steps_per_epoch=2, minutes=1.0, already=30.0)
+    model.fit(x[:2], y[:2], batch_size=2, epochs=1, verbose=0, callbacks=[cosine, record])
+    assert record.rates[0] == pytest.approx(0.05, rel=0.02)
+
+
 # ---------------------------------------------------------------- stopping and resuming
+
+
+def test_time_limit_counts_the_training_before_a_resume():
+    model, x, y = tiny_regression()
+    limit = cb.TimeLimit(1.0, already=61.0)
+    model.fit(x, y, batch_size=2, epochs=5, verbose=0, callbacks=[limit])
+    assert limit.reached and model.stop_training
+
+
+def test_total_time_limit_leaves_training_what_preparing_did_not_use():
+    from caocrvfy.data import DataError
+    from caocrvfy.train import FINISH_MINUTES, training_minutes
+
+    assert training_minutes(TrainConfig(time_limit=4.0), used=3.0) == 4.0
+    assert training_minutes(TrainConfig(total_time_limit=20.0), used=3.0) == pytest.approx(17.0 - FINISH_MINUTES)
+    assert training_minutes(TrainConfig(total_time_limit=20.0, time_limit=5.0), used=3.0) == 5.0
+    with pytest.raises(DataError, match="--total-time-limit"):
+        training_minutes(TrainConfig(total_time_limit=2.0), used=2.0)
+
 
 
 def test_training_callbacks_leave_batch_ends_to_keras(tmp_path):
@@ -193,6 +221,22 @@ def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache):
     assert load_json(run / "state.json")["epoch"] == 1
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
     assert load_json(run / "config.json")["time_limit"] == pytest.approx(0.000001)
+    assert load_json(run / "state.json")["trained_seconds"] > 0
+
+
+def test_no_cache_draws_in_memory_and_writes_nothing(tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    code = train_main([
+        "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--no-cache",
+        "--train-size", "24", "--val-size", "8", "--cache-dir", str(cache), "--total-time-limit", "10",
+        "--filters", "8,8,8,8", "--dense-units", "8", "--rnn-units", "8", "--batch-size", "8", "--epochs", "1",
+        "--conv-dropout", "0", "--head-dropout", "0.1", "--out", str(run),
+    ])
+    assert code == 0 and not cache.exists()
+    resolved = load_json(run / "config.json")["resolved"]
+    assert (resolved["train_images"], resolved["val_images"]) == (24, 8)
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    assert (model.get_layer("conv_dropout").rate, model.get_layer("head_dropout").rate) == (0.0, 0.1)
 
 
 def test_jax_backend_trains_augmented_models_compiled(tmp_path, synthetic_cache):
@@ -261,6 +305,15 @@ def test_resume_without_state_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig())))
     with pytest.raises(SystemExit, match="nothing to resume"):
         train(config_from_args(["--resume", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("option", [["--steps-per-execution", "-1"], ["--input-scale", "0"], ["--feed-threads", "0"],
+                                    ["--conv-dropout", "1"], ["--total-time-limit", "0"], ["--filters", "8,0"],
+                                    ["--batch-size", "0"]])
+def test_settings_out_of_range_are_refused_by_name(option, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(option)
+    assert option[0] in capsys.readouterr().err
 
 
 def test_config_from_args():
