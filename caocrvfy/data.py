@@ -112,6 +112,12 @@ def _array_chunk(job: tuple[CaptchaSpec, int, int, tuple[int, int]]) -> tuple[np
     return images, labels
 
 
+def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
+    """(offset, size) pieces of a drawing job: about four per worker, at most 250 captchas each."""
+    chunk = max(1, min(250, math.ceil(count / (workers * 4))))
+    return [(i, min(chunk, count - i)) for i in range(0, count, chunk)]
+
+
 def _captcha_version() -> str:
     from importlib.metadata import version
 
@@ -139,8 +145,7 @@ def generate(
     need = max(count - have, 0)
     if need:
         workers = workers or os.cpu_count() or 1
-        chunk = max(1, min(250, math.ceil(need / (workers * 4))))
-        jobs = [(str(out), spec, start + i, min(chunk, need - i)) for i in range(0, need, chunk)]
+        jobs = [(str(out), spec, start + i, n) for i, n in _chunks(need, workers)]
         log.info(f"generating {need} captchas into {out} ({have} there already) with {workers} processes")
         progress = Progress(need, "generate")
         with drawing_pool(workers, spec) as pool:
@@ -168,8 +173,7 @@ def draw_arrays(count: int, spec: CaptchaSpec, channels: int = 1, size: tuple[in
     compares the two ways side by side)."""
     workers = workers or os.cpu_count() or 1
     size = size or (spec.height, spec.width)
-    chunk = max(1, min(250, math.ceil(count / (workers * 4))))
-    jobs = [(spec, min(chunk, count - i), channels, size) for i in range(0, count, chunk)]
+    jobs = [(spec, n, channels, size) for _, n in _chunks(count, workers)]
     log.info(f"drawing {count} captchas into memory with {workers} processes")
     progress = Progress(count, "draw")
     images, labels = [], []
