@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from caocrvfy.losses import FocalCTCLoss
+from caocrvfy.losses import FocalCTCLoss, focal_ctc
 
 
 def softmax(x):
@@ -60,6 +60,16 @@ def test_zero_probabilities_give_a_finite_loss():
     y_pred[0, :, 0] = 1.0  # only blanks have any probability
     loss = FocalCTCLoss(gamma=2.0)(np.array([[1, 2]], np.int32), y_pred)
     assert np.isfinite(float(loss)) and float(loss) > 0
+
+
+def test_an_empty_batch_gives_no_losses_and_leaves_the_others_unchanged(ctc_batch):
+    # One worker of several gets an empty batch when the last one holds fewer captchas than workers.
+    y_true, y_pred = ctc_batch
+    empty = focal_ctc(y_true[:0], y_pred[:0], gamma=2.0)
+    assert tuple(empty.shape) == (0,)
+    whole = keras.ops.convert_to_numpy(focal_ctc(y_true, y_pred, gamma=2.0))
+    first = keras.ops.convert_to_numpy(focal_ctc(y_true[:1], y_pred[:1], gamma=2.0))
+    np.testing.assert_allclose(first, whole[:1], rtol=1e-5)
 
 
 def test_config_round_trip():
