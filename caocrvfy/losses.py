@@ -16,9 +16,8 @@ def focal_ctc(y_true, y_pred, gamma=0.0, alpha=1.0):
     log_probs = ops.log(ops.clip(ops.cast(y_pred, "float32"), 1e-12, 1.0))
     # One blank-only row is appended and its loss dropped: TensorFlow's CTC fails on an empty
     # batch, which one worker of several gets when the last batch has fewer captchas than workers.
-    _, steps, classes = log_probs.shape
-    y_true = ops.concatenate([y_true, ops.zeros((1, ops.shape(y_true)[1]), dtype=y_true.dtype)], axis=0)
-    log_probs = ops.concatenate([log_probs, ops.zeros((1, steps, classes), dtype=log_probs.dtype)], axis=0)
+    y_true = ops.pad(y_true, [[0, 1], [0, 0]])
+    log_probs = ops.pad(log_probs, [[0, 1], [0, 0], [0, 0]])
     loss = keras.losses.ctc(y_true, log_probs)[:-1]
     if gamma:
         loss = ops.power(1.0 - ops.exp(-loss), gamma) * loss
