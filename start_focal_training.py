@@ -3,6 +3,7 @@
     python start_focal_training.py --time-limit 20
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,12 @@ def clear_caches(root: Path = ROOT) -> int:
 
 def main(argv: list[str]) -> int:
     print(f"removed {clear_caches()} __pycache__ folder(s)", flush=True)
-    return subprocess.call([sys.executable, str(ROOT / "caocrvfy" / "train.py"), *argv])
+    command = [sys.executable, str(ROOT / "caocrvfy" / "train.py"), *argv]
+    if os.name != "posix":
+        return subprocess.call(command)
+    # The training takes this process's place, so a signal sent to it (kill, a job
+    # scheduler's stop) stops the training instead of leaving it running on its own.
+    os.execv(command[0], command)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ VARIANTS = {  # name: (build_model arguments, options)
     "sigmoid-head": ({"head": "sigmoid"}, {}),
     "conv-sequence": ({"sequence": "conv"}, {}),
     "patch-stem": ({"stem": "patch"}, {}),
+    # Cheaper pieces of the default, and its training-time augmentation (issue 3, session 6):
+    "no-attention": ({"attention": False}, {}),
+    "rnn-64": ({"rnn_units": 64}, {}),
+    "dense-128": ({"dense_units": 128}, {}),
+    "augment": ({"augment": True}, {}),
     "xla": ({}, {"jit_compile": True}),
     "bfloat16": ({}, {"policy": "mixed_bfloat16"}),
     "gpu-size": (GPU_SIZE, {}),

@@ -159,9 +159,12 @@ def generate(
         "count": have + need,
         "captcha_version": _captcha_version(),
     }
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(manifest_path)
+    text = json.dumps(manifest, indent=2)
+    if not manifest_path.exists() or manifest_path.read_text() != text:
+        # Each process its own temporary name: two trainings may share one cache folder.
+        tmp = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(manifest_path)
     return out
 
 

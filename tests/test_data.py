@@ -1,6 +1,7 @@
 import io
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,18 @@ def test_generate_tops_up_an_existing_folder(tmp_path, tiny_spec):
     assert json.loads((tmp_path / MANIFEST).read_text())["count"] == 5
     generate(tmp_path, 3, tiny_spec, workers=1)  # asking for fewer removes nothing
     assert images_in(tmp_path) == after
+
+
+def test_generate_can_run_in_several_trainings_sharing_one_folder(tmp_path, tiny_spec):
+    # Two trainings on one cache folder both check it and write its manifest; they once raced
+    # on one temporary file name and one of them died.
+    generate(tmp_path, 2, tiny_spec, workers=1)
+    for _ in range(5):
+        (tmp_path / MANIFEST).unlink()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: generate(tmp_path, 2, tiny_spec, workers=1), range(16)))
+        assert json.loads((tmp_path / MANIFEST).read_text())["count"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".png")) == [MANIFEST]
 
 
 def test_generate_refuses_a_folder_of_another_kind(generated_dir, tiny_spec):

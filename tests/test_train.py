@@ -401,16 +401,18 @@ def _console_script() -> str:
     return script
 
 
-@pytest.mark.parametrize("how", ["script path", "module", "console script"])
+@pytest.mark.parametrize("how", ["script path", "module", "console script", "start_focal_training"])
 def test_train_help(how, tmp_path):
     command = {
         "script path": lambda: [sys.executable, str(REPO / "caocrvfy" / "train.py"), "--help"],
         "module": lambda: [sys.executable, "-m", "caocrvfy.train", "--help"],
         "console script": lambda: [_console_script(), "train", "--help"],
+        "start_focal_training": lambda: [sys.executable, str(REPO / "start_focal_training.py"), "--help"],
     }[how]()
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("usage: caocrvfy train")
+    usage = result.stdout.split("\n", 1)[1] if how == "start_focal_training" else result.stdout
+    assert usage.startswith("usage: caocrvfy train")
     for option in ("--resume", "--time-limit", "--head", "(default 150)"):
         assert option in result.stdout
 
@@ -441,6 +443,7 @@ def test_start_focal_training_clears_then_trains_with_the_same_arguments(monkeyp
     calls = []
     monkeypatch.setattr(module, "clear_caches", lambda: 4)
     monkeypatch.setattr(module.subprocess, "call", lambda command: calls.append(command) or 0)
-    assert module.main(["--time-limit", "20"]) == 0
+    monkeypatch.setattr(module.os, "execv", lambda path, command: calls.append(command))
+    module.main(["--time-limit", "20"])
     assert calls == [[sys.executable, str(REPO / "caocrvfy" / "train.py"), "--time-limit", "20"]]
     assert "removed 4 __pycache__ folder(s)" in capsys.readouterr().out
