@@ -67,23 +67,27 @@ def build(name: str) -> keras.Model:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=CPU_VARIANTS, help=f"comma-separated from {', '.join(VARIANTS)} "
-                   f"(default: {CPU_VARIANTS})")
+    p.add_argument("--variants", default=CPU_VARIANTS,
+                   help=f"comma-separated NAME or NAME@BATCH (a batch size of its own) from {', '.join(VARIANTS)} "
+                        f"(default: {CPU_VARIANTS})")
     p.add_argument("--images", type=int, default=1536, help="images per epoch (default 1536)")
     p.add_argument("--rounds", type=int, default=4, help="epochs per variant, the first not counted (default 4)")
     p.add_argument("--batch-size", type=int, default=64, help="(default 64)")
     args = p.parse_args()
-    names = args.variants.split(",")
+    names = args.variants.split(",")  # NAME or NAME@BATCH, e.g. column-stride-4@128
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, 60, 160, 1), dtype=np.uint8)
     labels = rng.integers(1, 63, (args.images, 6)).astype(np.int32)
-    models = {name: build(name) for name in names}
-    targets = {name: np.asarray(encode_targets(labels, VARIANTS[name][0].get("head", "ctc"), 62)) for name in names}
+    variant = {name: name.partition("@")[0] for name in names}
+    batch = {name: int(name.partition("@")[2] or args.batch_size) for name in names}
+    models = {name: build(variant[name]) for name in names}
+    targets = {name: np.asarray(encode_targets(labels, VARIANTS[variant[name]][0].get("head", "ctc"), 62))
+               for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.rounds):
         for name, model in models.items():
             start = time.perf_counter()
-            model.fit(x, targets[name], batch_size=args.batch_size, epochs=1, verbose=0)
+            model.fit(x, targets[name], batch_size=batch[name], epochs=1, verbose=0)
             seconds[name].append(time.perf_counter() - start)
     rows = []
     for name, model in models.items():

@@ -102,6 +102,7 @@ class TrainConfig:
     out: str | None = None
     resume: str | None = None
     # resolved at run time
+    given: list = field(default_factory=list)  # architecture settings named on the command line: they win over --init's
     resolved: dict = field(default_factory=dict)
 
 
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--augment", choices=("auto", "on", "off"), default=d.augment,
                    help=f"augmentation (default auto: on below {AUGMENT_BELOW} labelled training images)")
     g.add_argument("--init", help="start from this trained model (run folder or model.keras): its "
-                                  "architecture is used and its weights copied; the output layer is "
+                                  "architecture is used (settings given here win, e.g. --column-stride 4 to finish a "
+                                  "stride-8 model at stride 4) and its weights copied; the output layer is "
                                   "new when the number of characters differs")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
@@ -262,7 +264,10 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
             if f"--{name.replace('_', '-')}" in given:
                 setattr(cfg, name, getattr(args, name))
         return cfg
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    tokens = {t.partition("=")[0] for t in (argv if argv is not None else sys.argv[1:])}
+    cfg.given = [a.dest for a in parser._actions if a.dest in ARCHITECTURE and tokens & set(a.option_strings)]
+    return cfg
 
 
 def on_gpu() -> bool:
@@ -382,8 +387,14 @@ def load_init(cfg: TrainConfig):
     saved = json.loads(config_path.read_text())
     for name in ARCHITECTURE:
         value = saved.get(name, LEGACY_ARCHITECTURE.get(name))
-        if value is not None:
-            setattr(cfg, name, tuple(value) if name == "filters" else value)
+        if value is None:
+            continue
+        value = tuple(value) if name == "filters" else value
+        if name in cfg.given and getattr(cfg, name) != value:
+            log.info(f"{name}: {getattr(cfg, name)} as given, not {value} as in {cfg.init}; "
+                     "the weights that fit are copied")
+        else:
+            setattr(cfg, name, value)
     return source
 
 

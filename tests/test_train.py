@@ -391,6 +391,26 @@ def test_transfer_weights_copies_matching_layers():
                                   target.get_layer("features").get_weights()[0])
 
 
+def test_init_adopts_the_saved_architecture_unless_a_setting_is_given(tmp_path, synthetic_cache, caplog):
+    tiny = ["--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--train-size", "32",
+            "--val-size", "16", "--cache-dir", str(synthetic_cache), "--filters", "8,8,8,8", "--dense-units", "8",
+            "--rnn-units", "8", "--batch-size", "16", "--epochs", "1"]
+    assert train_main([*tiny, "--out", str(tmp_path / "stride8")]) == 0
+    # Finishing a stride-8 model at stride 4: the named setting wins and every layer's weights fit.
+    with caplog.at_level("INFO", logger="caocrvfy.train"):
+        assert train_main([*tiny, "--init", str(tmp_path / "stride8"), "--column-stride=4",
+                           "--out", str(tmp_path / "stride4")]) == 0
+    assert "column_stride: 4 as given, not 8" in caplog.text
+    assert "initialised 13 of 13 layers" in caplog.text
+    assert load_json(tmp_path / "stride4" / "config.json")["column_stride"] == 4
+    assert keras.models.load_model(tmp_path / "stride4" / "model.keras").output.shape == (None, 16, 11)
+    # Without --column-stride the init model's own (4) is kept, not the default (8).
+    assert train_main([*tiny, "--init", str(tmp_path / "stride4"), "--out", str(tmp_path / "again")]) == 0
+    config = load_json(tmp_path / "again" / "config.json")
+    assert config["column_stride"] == 4 and "column_stride" not in config["given"]
+    assert set(config["given"]) == {"filters", "dense_units", "rnn_units"}
+
+
 # ---------------------------------------------------------------- entry points
 
 
