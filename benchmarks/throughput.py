@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4, help="epochs per variant, the first not counted (default 4)")
     p.add_argument("--batch-size", type=int, default=64, help="(default 64)")
     args = p.parse_args()
-    names = args.variants.split(",")  # NAME or NAME@BATCH, e.g. column-stride-4@128
+    names = args.variants.split(",")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, 60, 160, 1), dtype=np.uint8)
     labels = rng.integers(1, 63, (args.images, 6)).astype(np.int32)

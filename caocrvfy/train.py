@@ -252,6 +252,8 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_ranges(parser, args)
+    tokens = {t.partition("=")[0] for t in (argv if argv is not None else sys.argv[1:])}
+    named = {a.dest for a in parser._actions if tokens & set(a.option_strings)}  # settings on the command line
     if args.resume:
         saved = json.loads((Path(args.resume) / "config.json").read_text())
         saved.pop("resolved", None)
@@ -259,14 +261,12 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         cfg.filters = tuple(cfg.filters)
         cfg.resume, cfg.out = args.resume, args.resume
         # The saved settings win, except the budget, which a user may extend when resuming.
-        given = set(argv if argv is not None else sys.argv[1:])
         for name in ("epochs", "time_limit", "total_time_limit", "patience"):
-            if f"--{name.replace('_', '-')}" in given:
+            if name in named:
                 setattr(cfg, name, getattr(args, name))
         return cfg
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
-    tokens = {t.partition("=")[0] for t in (argv if argv is not None else sys.argv[1:])}
-    cfg.given = [a.dest for a in parser._actions if a.dest in ARCHITECTURE and tokens & set(a.option_strings)]
+    cfg.given = [name for name in ARCHITECTURE if name in named]
     return cfg
 
 
