@@ -21,10 +21,10 @@ import json
 import os
 import time
 
+import caocrvfy  # noqa: F401  (first: it sets TensorFlow's CPU options before TensorFlow loads)
 import keras
 import numpy as np
 
-import caocrvfy  # noqa: F401
 from caocrvfy import callbacks as cb
 from caocrvfy import data
 from caocrvfy.model_enhanced import build_model, compile_model

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -189,3 +190,19 @@ def test_saved_model_keeps_custom_metrics(tmp_path):
     result = loaded.evaluate(x, y, verbose=0, return_dict=True)
     assert {"full_match", "char_accuracy", "precision", "recall"} <= set(result)
     assert type(loaded.loss) is keras.losses.CategoricalFocalCrossentropy
+
+
+def test_importing_caocrvfy_first_turns_on_tensorflows_onednn_cpu_kernels():
+    # TensorFlow leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX; caocrvfy turns it
+    # on (1.4-2x the training speed on an AVX2 CPU) unless the user has chosen.
+    script = ("import caocrvfy\nfrom tensorflow.python.util import _pywrap_util_port as port\n"
+              "print(port.IsMklEnabled())")
+    seen = {}
+    for setting in (None, "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if setting is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = setting
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        seen[setting] = result.stdout.strip()
+    assert seen == {None: "True", "0": "False"}

@@ -1,0 +1,60 @@
+"""Training speed with TensorFlow's oneDNN CPU kernels on and off, in alternating processes.
+
+    python benchmarks/onednn.py                                  # default and stride-4 models
+    python benchmarks/onednn.py --variants column-stride-4 --repeats 4
+
+TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it loads, so each setting needs its own
+process: this runs `throughput.py` with the setting off, then on, --repeats times, and reports
+each setting's median over all its timed epochs (and the best epoch) per variant. On CPUs
+without AVX-512 VNNI/BF16 or AMX TensorFlow leaves oneDNN off unless told; caocrvfy turns it on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(setting: str, args) -> list[dict]:
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, str(HERE / "throughput.py"), "--variants", args.variants,
+                          "--rounds", str(args.rounds), "--images", str(args.images)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="default,column-stride-4", help="throughput.py variants (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="processes per setting, alternating (default 3)")
+    p.add_argument("--rounds", type=int, default=4, help="epochs per variant and process, the first not counted")
+    p.add_argument("--images", type=int, default=1536, help="images per epoch (default 1536)")
+    args = p.parse_args()
+    medians: dict[tuple[str, str], list[float]] = {}
+    best: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for setting in ("0", "1"):
+            for row in run(setting, args):
+                medians.setdefault((row["variant"], setting), []).append(row["train_images_per_s_median"])
+                best.setdefault((row["variant"], setting), []).append(row["train_images_per_s"])
+    print(f"{args.repeats} processes per setting, alternating; {args.rounds - 1} timed epochs of {args.images} each")
+    print("| variant | oneDNN | train images/s, median of each process | best epoch | on / off (medians) |")
+    print("| --- | --- | --- | ---: | ---: |")
+    for variant in args.variants.split(","):
+        off = statistics.median(medians[(variant, "0")])
+        for setting in ("0", "1"):
+            m = medians[(variant, setting)]
+            ratio = f"{statistics.median(m) / off:.2f}x" if setting == "1" else ""
+            print(f"| {variant} | {'on' if setting == '1' else 'off'} | {', '.join(f'{v:.0f}' for v in m)} | "
+                  f"{max(best[(variant, setting)]):.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
