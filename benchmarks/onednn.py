@@ -37,23 +37,22 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4, help="epochs per variant and process, the first not counted")
     p.add_argument("--images", type=int, default=1536, help="images per epoch (default 1536)")
     args = p.parse_args()
-    medians: dict[tuple[str, str], list[float]] = {}
-    best: dict[tuple[str, str], list[float]] = {}
+    rows: dict[tuple[str, str], list[dict]] = {}  # (variant, setting): one throughput.py row per process
     for _ in range(args.repeats):
         for setting in ("0", "1"):
             for row in run(setting, args):
-                medians.setdefault((row["variant"], setting), []).append(row["train_images_per_s_median"])
-                best.setdefault((row["variant"], setting), []).append(row["train_images_per_s"])
+                rows.setdefault((row["variant"], setting), []).append(row)
     print(f"{args.repeats} processes per setting, alternating; {args.rounds - 1} timed epochs of {args.images} each")
     print("| variant | oneDNN | train images/s, median of each process | best epoch | on / off (medians) |")
     print("| --- | --- | --- | ---: | ---: |")
     for variant in args.variants.split(","):
-        off = statistics.median(medians[(variant, "0")])
+        off = statistics.median(r["train_images_per_s_median"] for r in rows[(variant, "0")])
         for setting in ("0", "1"):
-            m = medians[(variant, setting)]
+            m = [r["train_images_per_s_median"] for r in rows[(variant, setting)]]
+            best = max(r["train_images_per_s"] for r in rows[(variant, setting)])
             ratio = f"{statistics.median(m) / off:.2f}x" if setting == "1" else ""
             print(f"| {variant} | {'on' if setting == '1' else 'off'} | {', '.join(f'{v:.0f}' for v in m)} | "
-                  f"{max(best[(variant, setting)]):.0f} | {ratio} |")
+                  f"{best:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
