@@ -1,6 +1,7 @@
 """How well can two look-alike characters be told apart at all, as the captcha library draws them?
 
     python benchmarks/glyph_pair.py --pair 0O --train 40000 --test 10000 --epochs 12
+    python benchmarks/glyph_pair.py --pair 0O --in-captcha 0-9A-Z
     python benchmarks/glyph_pair.py --pair 0O --model models/captcha-4x36 --data /tmp/fresh-4x36
 
 The library (0.7.1) draws each character on its own: the glyph is cut to its ink, rotated up to
@@ -14,6 +15,13 @@ what a reader can hope for on these two characters with the glyph alone: the sam
 inside a captcha are harder (noise, overlap, squeeze), so a full reader's error on them is
 expected at or above it.
 
+With `--in-captcha` the glyphs are cut from whole captchas instead (the library's own drawing,
+noise, neighbours, word spaces and squeeze; the other characters never one of the pair): a
+window as tall as the captcha and CANVAS_IN_CAPTCHA_WIDTH (48) pixels wide, centred where the library pasted the
+character. That is what a reader sees of the character once it knows where it is. (The copy of
+the library's drawing was checked against it: with `secrets` replaced by one seeded generator,
+50 of 50 captchas came out pixel for pixel the same as `ImageCaptcha.generate_image`'s.)
+
 With `--model` and `--data` it also measures a trained reader on captchas: among the characters
 that are one of the pair, how often it reads the other one. The first character of `--pair` is
 the negative class.
@@ -25,12 +33,17 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
 
+import caocrvfy  # noqa: F401  (first: it sets TensorFlow's CPU options before TensorFlow loads)
+
 CANVAS = (64, 40)  # height, width: the largest glyph box at the default font sizes is 62 x 35
+CANVAS_IN_CAPTCHA_WIDTH = 48
 _generator = None
+_generator_length = 4  # characters per captcha with --in-captcha
 
 
 def _init(width: int, height: int) -> None:
@@ -60,23 +73,103 @@ def _draw(job: tuple[str, int]) -> np.ndarray:
     return out
 
 
-def draw_pair(pair: str, count: int, width: int, height: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """`count` glyphs of each character of `pair`, shuffled, with labels 0 and 1."""
+def _captcha_with_places(chars: str) -> tuple[object, list[tuple[float, float]]]:
+    """The library's `generate_image` (0.7.1), also returning each character's left and right
+    edge in the final image: `create_captcha_image` is followed line by line, keeping the offsets
+    it pastes at."""
+    import secrets
+
+    from captcha.image import SMOOTH, random_color
+    from PIL import Image, ImageDraw
+
+    g = _generator
+    background, color = random_color(238, 255), random_color(10, 200, secrets.randbelow(36) + 220)
+    image = Image.new("RGB", (g._width, g._height), background)
+    draw = ImageDraw.Draw(image)
+    images, is_char = [], []
+    for c in chars:
+        if secrets.randbits(32) / (2**32) > g.word_space_probability:
+            images.append(g._draw_character(" ", draw, color))
+            is_char.append(False)
+        images.append(g._draw_character(c, draw, color))
+        is_char.append(True)
+    text_width = sum(im.size[0] for im in images)
+    width = max(text_width, g._width)
+    image = image.resize((width, g._height))
+    average = int(text_width / len(chars))
+    rand = int(g.word_offset_dx * average)
+    offset = int(average * 0.1)
+    places = []
+    for im, char in zip(images, is_char):
+        w, h = im.size
+        image.paste(im, (offset, int((g._height - h) / 2)), im.convert("L").point(g.lookup_table))
+        if char:
+            places.append((offset, offset + w))
+        offset = offset + w + (-secrets.randbelow(rand + 1))
+    scale = 1.0
+    if width > g._width:
+        image = image.resize((g._width, g._height))
+        scale = g._width / width
+    g.create_noise_dots(image, color)
+    g.create_noise_curve(image, color)
+    return image.filter(SMOOTH), [(left * scale, right * scale) for left, right in places]
+
+
+def _draw_in_captcha(job: tuple[str, int, str]) -> np.ndarray:
+    """`count` windows around `char` at a random place in a captcha whose other characters are
+    drawn from `others`."""
+    import secrets
+
+    char, count, others = job
+    length = _generator_length
+    half = CANVAS_IN_CAPTCHA_WIDTH // 2
+    out = np.empty((count, _generator._height, CANVAS_IN_CAPTCHA_WIDTH), np.uint8)
+    for i in range(count):
+        text = [secrets.choice(others) for _ in range(length)]
+        place = secrets.randbelow(length)
+        text[place] = char
+        image, places = _captcha_with_places("".join(text))
+        pixels = np.pad(np.asarray(image.convert("L")), ((0, 0), (half, half)), mode="edge")
+        centre = round(sum(places[place]) / 2) + half
+        out[i] = pixels[:, centre - half: centre + half]
+    return out
+
+
+def _init_in_captcha(width: int, height: int, length: int) -> None:
+    global _generator_length
+    _init(width, height)
+    _generator_length = length
+
+
+def draw_pair(pair: str, count: int, width: int, height: int, workers: int = 2, in_captcha: str = "",
+              length: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """`count` glyphs of each character of `pair`, shuffled, with labels 0 and 1. With
+    `in_captcha` (the captcha's character set), cut from captchas of `length` characters."""
     chunk = 500
     jobs = [(c, min(chunk, count - start)) for c in pair for start in range(0, count, chunk)]
-    with mp.get_context("spawn").Pool(workers, _init, (width, height)) as pool:
-        parts = pool.map(_draw, jobs)
+    if in_captcha:
+        others = "".join(c for c in in_captcha if c not in pair)
+        jobs = [(c, n, others) for c, n in jobs]
+        draw, init, init_args = _draw_in_captcha, _init_in_captcha, (width, height, length)
+    else:
+        draw, init, init_args = _draw, _init, (width, height)
+    os.environ["CAOCRVFY_DRAWING_WORKER"] = "1"  # workers need Pillow only (caocrvfy/__init__.py)
+    try:
+        with mp.get_context("spawn").Pool(workers, init, init_args) as pool:
+            parts = pool.map(draw, jobs)
+    finally:
+        del os.environ["CAOCRVFY_DRAWING_WORKER"]
     images = np.concatenate(parts)[..., None]
-    labels = np.concatenate([np.full(n, pair.index(c), np.float32) for (c, n) in jobs])
+    labels = np.concatenate([np.full(job[1], pair.index(job[0]), np.float32) for job in jobs])
     order = np.random.default_rng().permutation(len(labels))
     return images[order], labels[order]
 
 
-def glyph_classifier(filters: tuple[int, ...]):
+def glyph_classifier(filters: tuple[int, ...], shape: tuple[int, int] = CANVAS):
     import keras
     from keras import layers
 
-    inputs = keras.Input((*CANVAS, 1), dtype="uint8")
+    inputs = keras.Input((*shape, 1), dtype="uint8")
     x = layers.Rescaling(1 / 255)(inputs)
     for f in filters:
         x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
@@ -94,14 +187,15 @@ def wilson(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), centre + half
 
 
-def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...], width: int, height: int) -> dict:
+def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...], width: int, height: int,
+          in_captcha: str = "", length: int = 4) -> dict:
     import keras
 
     start = time.perf_counter()
-    x, y = draw_pair(pair, train + test, width, height)
+    x, y = draw_pair(pair, train + test, width, height, in_captcha=in_captcha, length=length)
     drawn = time.perf_counter() - start
     x_train, y_train, x_test, y_test = x[: 2 * train], y[: 2 * train], x[2 * train:], y[2 * train:]
-    model = glyph_classifier(filters)
+    model = glyph_classifier(filters, x.shape[1:3])
     steps = epochs * math.ceil(len(x_train) / 128)
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=0.003,
                                                                                warmup_steps=steps // 20)),
@@ -110,7 +204,7 @@ def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...
     p = model.predict(x_test, batch_size=512, verbose=0)[:, 0]
     errors = int(((p > 0.5) != (y_test > 0.5)).sum())
     low, high = wilson(errors, len(y_test))
-    return {"pair": pair, "train_per_char": train, "test_per_char": test, "epochs": epochs,
+    return {"pair": pair, "in_captcha": in_captcha or None, "train_per_char": train, "test_per_char": test, "epochs": epochs,
             "filters": list(filters), "parameters": model.count_params(), "errors": errors,
             "test_glyphs": len(y_test), "glyph_error": errors / len(y_test), "glyph_error_95": [low, high],
             "draw_seconds": round(drawn, 1), "total_seconds": round(time.perf_counter() - start, 1)}
@@ -148,6 +242,9 @@ def main() -> None:
     p.add_argument("--filters", default="16,32,64", help="classifier widths (default 16,32,64)")
     p.add_argument("--width", type=int, default=128, help="captcha width, for the library's settings (default 128)")
     p.add_argument("--height", type=int, default=64, help="captcha height (default 64)")
+    p.add_argument("--in-captcha", metavar="CHARSET",
+                   help="cut the glyphs from captchas of this character set (e.g. 0-9A-Z) instead of drawing them alone")
+    p.add_argument("--length", type=int, default=4, help="characters per captcha with --in-captcha (default 4)")
     p.add_argument("--model", help="also measure this reader on --data")
     p.add_argument("--data", help="folder of fresh labelled captchas for --model")
     p.add_argument("--skip-bound", action="store_true", help="only measure --model")
@@ -157,7 +254,13 @@ def main() -> None:
     result = {}
     if not args.skip_bound:
         filters = tuple(int(v) for v in args.filters.split(","))
-        result["glyphs"] = bound(args.pair, args.train, args.test, args.epochs, filters, args.width, args.height)
+        charset = ""
+        if args.in_captcha:
+            from caocrvfy.charset import parse_charset
+
+            charset = parse_charset(args.in_captcha)
+        result["glyphs"] = bound(args.pair, args.train, args.test, args.epochs, filters, args.width, args.height,
+                                 charset, args.length)
     if args.model and args.data:
         result["reader"] = reader_pair_error(args.pair, args.model, args.data)
     print(json.dumps(result, indent=2))
