@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
-import os
 import time
 
 import numpy as np
@@ -42,15 +40,13 @@ import caocrvfy  # noqa: F401  (first: it sets TensorFlow's CPU options before T
 
 CANVAS = (64, 40)  # height, width: the largest glyph box at the default font sizes is 62 x 35
 CANVAS_IN_CAPTCHA_WIDTH = 48
-_generator = None
-_generator_length = 4  # characters per captcha with --in-captcha
 
 
-def _init(width: int, height: int) -> None:
-    global _generator
-    from captcha.image import ImageCaptcha
+def _generator():
+    """The worker's ImageCaptcha, made by `caocrvfy.data.drawing_pool`'s initializer."""
+    from caocrvfy import data
 
-    _generator = ImageCaptcha(width, height)
+    return data._worker_generator
 
 
 def _draw(job: tuple[str, int]) -> np.ndarray:
@@ -60,14 +56,15 @@ def _draw(job: tuple[str, int]) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFilter
 
     char, count = job
+    generator = _generator()
     out = np.empty((count, *CANVAS), np.uint8)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for i in range(count):
         # Colours as the library picks them: the paste mask comes from the text colour's brightness.
-        glyph = _generator._draw_character(char, scratch, random_color(10, 200, secrets.randbelow(36) + 220))
+        glyph = generator._draw_character(char, scratch, random_color(10, 200, secrets.randbelow(36) + 220))
         canvas = Image.new("RGB", CANVAS[::-1], random_color(238, 255))
         w, h = glyph.size
-        mask = glyph.convert("L").point(_generator.lookup_table)
+        mask = glyph.convert("L").point(generator.lookup_table)
         canvas.paste(glyph, ((CANVAS[1] - w) // 2, (CANVAS[0] - h) // 2), mask)
         out[i] = np.asarray(canvas.filter(ImageFilter.SMOOTH).convert("L"))
     return out
@@ -82,7 +79,7 @@ def _captcha_with_places(chars: str) -> tuple[object, list[tuple[float, float]]]
     from captcha.image import SMOOTH, random_color
     from PIL import Image, ImageDraw
 
-    g = _generator
+    g = _generator()
     background, color = random_color(238, 255), random_color(10, 200, secrets.randbelow(36) + 220)
     image = Image.new("RGB", (g._width, g._height), background)
     draw = ImageDraw.Draw(image)
@@ -115,15 +112,14 @@ def _captcha_with_places(chars: str) -> tuple[object, list[tuple[float, float]]]
     return image.filter(SMOOTH), [(left * scale, right * scale) for left, right in places]
 
 
-def _draw_in_captcha(job: tuple[str, int, str]) -> np.ndarray:
-    """`count` windows around `char` at a random place in a captcha whose other characters are
-    drawn from `others`."""
+def _draw_in_captcha(job: tuple[str, int, str, int]) -> np.ndarray:
+    """`count` windows around `char` at a random place in a captcha of `length` characters whose
+    others are drawn from `others`."""
     import secrets
 
-    char, count, others = job
-    length = _generator_length
+    char, count, others, length = job
     half = CANVAS_IN_CAPTCHA_WIDTH // 2
-    out = np.empty((count, _generator._height, CANVAS_IN_CAPTCHA_WIDTH), np.uint8)
+    out = np.empty((count, _generator()._height, CANVAS_IN_CAPTCHA_WIDTH), np.uint8)
     for i in range(count):
         text = [secrets.choice(others) for _ in range(length)]
         place = secrets.randbelow(length)
@@ -135,30 +131,21 @@ def _draw_in_captcha(job: tuple[str, int, str]) -> np.ndarray:
     return out
 
 
-def _init_in_captcha(width: int, height: int, length: int) -> None:
-    global _generator_length
-    _init(width, height)
-    _generator_length = length
-
-
 def draw_pair(pair: str, count: int, width: int, height: int, workers: int = 2, in_captcha: str = "",
               length: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """`count` glyphs of each character of `pair`, shuffled, with labels 0 and 1. With
     `in_captcha` (the captcha's character set), cut from captchas of `length` characters."""
+    from caocrvfy.data import CaptchaSpec, drawing_pool
+
     chunk = 500
     jobs = [(c, min(chunk, count - start)) for c in pair for start in range(0, count, chunk)]
+    draw = _draw
     if in_captcha:
         others = "".join(c for c in in_captcha if c not in pair)
-        jobs = [(c, n, others) for c, n in jobs]
-        draw, init, init_args = _draw_in_captcha, _init_in_captcha, (width, height, length)
-    else:
-        draw, init, init_args = _draw, _init, (width, height)
-    os.environ["CAOCRVFY_DRAWING_WORKER"] = "1"  # workers need Pillow only (caocrvfy/__init__.py)
-    try:
-        with mp.get_context("spawn").Pool(workers, init, init_args) as pool:
-            parts = pool.map(draw, jobs)
-    finally:
-        del os.environ["CAOCRVFY_DRAWING_WORKER"]
+        jobs = [(c, n, others, length) for c, n in jobs]
+        draw = _draw_in_captcha
+    with drawing_pool(workers, CaptchaSpec(in_captcha or pair, length, width, height)) as pool:
+        parts = pool.map(draw, jobs)
     images = np.concatenate(parts)[..., None]
     labels = np.concatenate([np.full(job[1], pair.index(job[0]), np.float32) for job in jobs])
     order = np.random.default_rng().permutation(len(labels))
