@@ -21,8 +21,8 @@ log = logging.getLogger("caocrvfy")
 
 
 def _generate(args) -> int:
-    from caocrvfy.charset import parse_charset
-    from caocrvfy.data import CaptchaSpec, generate
+    from caocrvfy.data.charset import parse_charset
+    from caocrvfy.data.synthetic import CaptchaSpec, generate
 
     spec = CaptchaSpec(parse_charset(args.charset), args.length, args.width, args.height)
     out = args.out or Path("data") / f"captcha-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}"
@@ -32,7 +32,7 @@ def _generate(args) -> int:
 
 
 def _predict(args) -> int:
-    from caocrvfy.predict import Predictor, expand_inputs
+    from caocrvfy.inference import Predictor, expand_inputs
 
     reader = Predictor.load(args.model)
     paths = expand_inputs(args.inputs)
@@ -56,7 +56,8 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from caocrvfy.predict import Predictor, evaluate_folder
+    from caocrvfy.evaluation import evaluate_folder
+    from caocrvfy.inference import Predictor
 
     reader = Predictor.load(args.model)
     if args.report:
@@ -73,8 +74,8 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_report(reader, args) -> int:
-    from caocrvfy.predict import read_labelled_folder
-    from caocrvfy.report import write_report
+    from caocrvfy.evaluation.labelled import read_labelled_folder
+    from caocrvfy.evaluation.report import write_report
 
     records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case, progress=True)
     for name, reason in skipped:
@@ -98,7 +99,7 @@ def _evaluate_report(reader, args) -> int:
 
 
 def _export(args) -> int:
-    from caocrvfy.export import export_model
+    from caocrvfy.inference.export import export_model
 
     print(export_model(args.model, args.format, args.out))
     return 0
@@ -106,11 +107,12 @@ def _export(args) -> int:
 
 def _serve(args) -> int:
     try:
-        from caocrvfy.serve import Limits, run
+        from caocrvfy.serving.app import run
+        from caocrvfy.serving.requests import Limits
     except ImportError as exc:
         log.error(f"caocrvfy serve needs FastAPI and uvicorn ({exc}): pip install 'caocrvfy[serve]'")
         return 2
-    from caocrvfy.predict import Predictor
+    from caocrvfy.inference import Predictor
 
     limits = Limits(args.max_body_bytes, args.max_images, args.max_pixels)
     window = None if args.no_batching else args.batch_window_ms
@@ -120,9 +122,12 @@ def _serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="caocrvfy", description="Train and use captcha readers.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also print TensorFlow's start-up lines (default: off)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="make labelled captchas with the captcha library")
+    g = sub.add_parser("generate", parents=[common], help="make labelled captchas with the captcha library")
     g.add_argument("--charset", default="0-9a-zA-Z", help="characters, ranges allowed (default 0-9a-zA-Z)")
     g.add_argument("--length", type=int, default=6, help="characters per captcha (default 6)")
     g.add_argument("--width", type=int, default=160, help="(default 160)")
@@ -134,14 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model (see `caocrvfy train --help`)", add_help=False)
 
-    g = sub.add_parser("predict", help="read captchas with a saved model")
+    g = sub.add_parser("predict", parents=[common], help="read captchas with a saved model")
     g.add_argument("inputs", nargs="+", help="image files or folders")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--batch-size", type=int, default=256, help="(default 256)")
     g.set_defaults(func=_predict)
 
-    g = sub.add_parser("evaluate", help="accuracy on a labelled folder")
+    g = sub.add_parser("evaluate", parents=[common], help="accuracy on a labelled folder")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--data", required=True, help="labelled folder")
     g.add_argument("--ignore-case", action="store_true", help="compare case-folded")
@@ -150,13 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report", metavar="OUT", help="write OUT/report.md with figures on what the model gets wrong")
     g.set_defaults(func=_evaluate)
 
-    g = sub.add_parser("export", help="export a model as SavedModel, ONNX or TFLite (see caocrvfy/export.py)")
+    g = sub.add_parser("export", parents=[common], help="export a model as SavedModel, ONNX or TFLite (see docs/export.md)")
     g.add_argument("--model", help="run folder or model.keras (default: the shipped 6x62 model)")
     g.add_argument("--format", required=True, choices=("savedmodel", "onnx", "tflite"), help="what to write")
     g.add_argument("--out", help="file or folder (default: model.onnx, model.tflite or savedmodel/ beside the model)")
     g.set_defaults(func=_export)
 
-    g = sub.add_parser("serve", help="read captchas over HTTP (POST /predict, docs at /docs)")
+    g = sub.add_parser("serve", parents=[common], help="read captchas over HTTP (POST /predict, docs at /docs)")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="(default 8000)")
@@ -180,9 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         from caocrvfy.train import main as train_main
 
         return train_main(argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    from caocrvfy.data import DataError
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from caocrvfy.startup import CAUGHT, list_devices_quietly
+
+    if args.verbose:
+        print("\n".join(CAUGHT), file=sys.stderr, flush=True)
+    else:
+        list_devices_quietly()  # TensorFlow looks for a GPU here and may complain that there is none
+    from caocrvfy.errors import DataError
 
     try:
         return args.func(args)

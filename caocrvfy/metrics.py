@@ -10,8 +10,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-HEADS = ("ctc", "softmax", "sigmoid")
-
 
 def predicted_indices(y_pred, head: str):
     """Decoded predictions, (batch, steps) int32, left-aligned and padded with 0."""

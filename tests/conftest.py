@@ -6,13 +6,12 @@ default run stays fast on a 2-core CPU; the trained models are not expected to r
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from caocrvfy.data import CaptchaSpec, generate
-from caocrvfy.train import TrainConfig, train
+from caocrvfy.data.synthetic import CaptchaSpec, generate
+from caocrvfy.training import TrainConfig, train
 
 TINY_CHARSET = "0123456789"
 TINY_SPEC = CaptchaSpec(charset=TINY_CHARSET, length=3, width=64, height=24)
@@ -63,7 +62,7 @@ def trained_config(tmp_path_factory, make_config) -> TrainConfig:
 @pytest.fixture(scope="session")
 def trained_run(trained_config) -> Path:
     """A run folder from a 2-epoch training; tests read it and must not write into it."""
-    return train(dataclasses.replace(trained_config, resolved={}))
+    return train(trained_config)
 
 
 def pytest_configure(config):

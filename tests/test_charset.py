@@ -3,7 +3,7 @@ import string
 import numpy as np
 import pytest
 
-from caocrvfy.charset import decode_indices, encode_labels, fold_case, infer_charset, parse_charset
+from caocrvfy.data.charset import decode_indices, encode_labels, fold_case, infer_charset, parse_charset
 
 
 @pytest.mark.parametrize("spec,expected", [

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caocrvfy.data import (
-    MANIFEST, CaptchaSpec, DataError, SyntheticStream, choose_input_size, generate, is_validation, load_images,
-    read_folder,
-)
+from caocrvfy.data.folders import MANIFEST, choose_input_size, is_validation, load_images, read_folder
+from caocrvfy.data.synthetic import CaptchaSpec, SyntheticStream, generate
+from caocrvfy.errors import DataError
 
 NAME = re.compile(r"^(?P<label>[0-9]{3})_(?P<index>\d+)\.png$")
 
@@ -265,7 +264,7 @@ def test_choose_input_size_from_median_aspect_ratio(tmp_path):
 
 
 def test_open_image_reads_bytes_and_first_frame(tmp_path):
-    from caocrvfy.data import open_image
+    from caocrvfy.data.images import open_image
 
     buf = io.BytesIO()
     frames = [Image.new("L", (20, 10), v) for v in (30, 220)]

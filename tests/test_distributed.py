@@ -9,7 +9,7 @@ import sys
 import keras
 import pytest
 
-from caocrvfy.data import generate
+from caocrvfy.data.synthetic import generate
 from conftest import TINY_MODEL, TINY_SPEC
 
 
@@ -23,6 +23,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend")
 def test_two_workers_train_together_and_the_chief_saves(tmp_path):
     # 24 captchas leave 1 for validation: one worker's share of that batch is empty.
@@ -56,5 +57,5 @@ def test_two_workers_train_together_and_the_chief_saves(tmp_path):
     assert "(chief: writes the run folder)" in logs[0]
     model = keras.models.load_model(out / "model.keras")
     assert model.output_shape[-1] == len(TINY_SPEC.charset) + 1  # the CTC head's classes and blank
-    assert json.loads((out / "config.json").read_text())["resolved"]["train_images"] > 0
+    assert json.loads((out / "config.json").read_text())["run"]["train_images"] > 0
     assert not list(out.glob(".worker-*"))  # the other worker's scratch copy is gone

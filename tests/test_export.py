@@ -15,26 +15,28 @@ import pytest
 from captcha.image import ImageCaptcha
 
 from caocrvfy.cli import main as cli_main
-from caocrvfy.data import DataError
-from caocrvfy.export import export_model, output_path, resize_batch
+from caocrvfy.errors import DataError
+from caocrvfy.inference import Predictor
+from caocrvfy.inference.export import export_model, output_path, resize_batch
+from caocrvfy.inference.runtimes import embedded_config, load_runtime
+from caocrvfy.model_config import ModelConfig
 from caocrvfy.model_enhanced import build_model
-from caocrvfy.predict import Predictor
-from caocrvfy.runtimes import embedded_config, load_runtime
 
 CHARSET = "0123456789"
 SHAPE = (24, 64, 1)
+TINY = dict(filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
 TIE = 1e-5  # log-probability gap below which two classes count as tied
 
 
 def save_tiny_run(folder: Path, head: str = "ctc", seed: int = 1) -> Path:
     """An untrained tiny model saved as a run folder: model.keras, config.json, metrics.json."""
     keras.utils.set_random_seed(seed)
-    model = build_model(SHAPE, num_classes=len(CHARSET), max_length=3, head=head,
-                        filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
+    model = build_model(charset=CHARSET, max_length=3, height=SHAPE[0], width=SHAPE[1], head=head, **TINY)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
-    resolved = {"charset": CHARSET, "max_length": 3, "head": head, "input_shape": list(SHAPE)}
-    (folder / "config.json").write_text(json.dumps({"head": head, "ignore_case": False, "resolved": resolved}))
+    config = ModelConfig(charset=CHARSET, max_length=3, fixed_length=False, head=head, height=SHAPE[0], width=SHAPE[1],
+                         **TINY)
+    (folder / "config.json").write_text(json.dumps({"version": 2, "model": config.to_json()}))
     (folder / "metrics.json").write_text(json.dumps({"validation": {"full_match": 0.0, "count": 0}}))
     return folder
 
@@ -138,7 +140,7 @@ def test_savedmodel_decodes_encoded_images(exports, reference, images):
     # Pillow's grey conversion and TF's PNG decoder can differ by one level in a pixel.
     np.testing.assert_allclose(outputs, reader.model.predict_on_batch(np.stack([reader.prepare(p) for p in images])),
                                atol=1e-3)
-    assert json.loads(loaded.config_json.numpy())["resolved"]["charset"] == CHARSET
+    assert json.loads(loaded.config_json.numpy())["model"]["charset"] == CHARSET
 
 
 # ---------------------------------------------------------------- decoding information travels along

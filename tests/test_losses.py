@@ -88,7 +88,7 @@ def test_config_round_trip():
 
 from caocrvfy.focal_loss import BinaryFocalLoss  # noqa: E402
 from caocrvfy.losses import PositionLoss, parse_loss  # noqa: E402
-from caocrvfy.model_enhanced import make_loss  # noqa: E402
+from caocrvfy.training.compile import make_loss  # noqa: E402
 
 
 @pytest.fixture

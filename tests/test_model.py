@@ -9,14 +9,17 @@ import pytest
 
 from caocrvfy.focal_loss import BinaryFocalLoss
 from caocrvfy.losses import FocalCTCLoss
-from caocrvfy.model_enhanced import DEFAULT_LEARNING_RATE, build_model, compile_model, model_head
+from caocrvfy.model_enhanced import build_model, model_head
+from caocrvfy.training.compile import DEFAULT_LEARNING_RATE, compile_model
 
 SHAPE = (24, 64, 1)
 TINY = dict(filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
+DIGITS = "0123456789"
 
 
 def tiny_model(head: str, **kwargs) -> keras.Model:
-    return build_model(SHAPE, num_classes=10, max_length=3, head=head, **{**TINY, **kwargs})
+    return build_model(charset="0123456789", max_length=3, height=SHAPE[0], width=SHAPE[1], head=head,
+                       **{**TINY, **kwargs})
 
 
 @pytest.mark.parametrize("head,output_shape", [
@@ -42,7 +45,7 @@ def test_input_is_uint8_and_scaled_inside():
 
 
 @pytest.mark.parametrize("options", [
-    dict(stem="patch"), dict(sequence="conv"), dict(attention=False), dict(augment=True),
+    dict(column_stride=8), dict(attention=False), dict(augment=True),
 ])
 def test_variants_keep_the_ctc_output_shape(options):
     model = tiny_model("ctc", **options)
@@ -72,11 +75,12 @@ def test_invalid_head_is_an_error():
 def test_too_narrow_for_ctc_is_an_error():
     # 48 pixels give 6 steps of 8 columns; 3 characters need 2 * 3 + 1 = 7.
     with pytest.raises(ValueError, match="width of at least 56 or a column stride of 4"):
-        build_model((24, 48, 1), 10, 3, "ctc", **TINY)
-    assert build_model((24, 56, 1), 10, 3, "ctc", **TINY).output.shape == (None, 7, 11)
+        build_model(charset=DIGITS, max_length=3, height=24, width=48, **TINY)
+    assert build_model(charset=DIGITS, max_length=3, height=24, width=56, **TINY).output.shape == (None, 7, 11)
     with pytest.raises(ValueError, match="width of at least 28."):
-        build_model((24, 24, 1), 10, 3, "ctc", column_stride=4, **TINY)
-    assert build_model((24, 24, 1), 10, 3, "softmax", **TINY).output.shape == (None, 3, 10)
+        build_model(charset=DIGITS, max_length=3, height=24, width=24, column_stride=4, **TINY)
+    assert build_model(charset=DIGITS, max_length=3, height=24, width=24, head="softmax",
+                       **TINY).output.shape == (None, 3, 10)
 
 
 def test_model_head_of_a_foreign_model():
@@ -94,7 +98,7 @@ def test_model_head_of_a_foreign_model():
     ("ctc", False, FocalCTCLoss),
 ])
 def test_compile_model_picks_the_loss(head, focal, loss_type):
-    model = compile_model(tiny_model(head), use_focal_loss=focal, focal_gamma=3.0, focal_alpha=0.4)
+    model = compile_model(tiny_model(head), loss="focal" if focal else "ce", focal_gamma=3.0, focal_alpha=0.4)
     assert type(model.loss) is loss_type
     if head == "ctc":
         assert model.loss.gamma == (3.0 if focal else 0.0)  # no focal loss: plain CTC
@@ -127,7 +131,7 @@ def test_one_training_step_is_finite(head):
 
 
 def test_a_loss_of_several_terms_logs_each_term(caplog):
-    from caocrvfy.callbacks import EpochLog
+    from caocrvfy.training.callbacks import EpochLog
 
     x = np.random.default_rng(0).integers(0, 256, (4, *SHAPE), dtype=np.uint8)
     y = np.eye(10, dtype=np.float32)[np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 1, 2]])]
@@ -154,6 +158,7 @@ def test_a_checkpoint_with_a_loss_of_several_terms_loads_compiled(tmp_path):
     assert again.loss.weights == (1.0, 2.0) and again.loss.class_weights == [1.0] * 10
 
 
+@pytest.mark.slow
 def test_saved_models_load_with_plain_load_model_in_a_fresh_process(tmp_path):
     x = np.random.default_rng(1).integers(0, 256, (2, *SHAPE), dtype=np.uint8)
     np.save(tmp_path / "x.npy", x)
@@ -192,6 +197,7 @@ def test_saved_model_keeps_custom_metrics(tmp_path):
     assert type(loaded.loss) is keras.losses.CategoricalFocalCrossentropy
 
 
+@pytest.mark.slow
 def test_importing_caocrvfy_first_turns_on_tensorflows_onednn_cpu_kernels():
     # TensorFlow leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX; caocrvfy turns it
     # on (1.4-2x the training speed on an AVX2 CPU) unless the user has chosen.

@@ -3,7 +3,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from caocrvfy.pipeline import ArrayBatches, StreamBatches, encode_targets, make_dataset
+from caocrvfy.data.pipeline import ArrayBatches, StreamBatches, encode_targets, make_dataset
 
 LABELS = np.array([[1, 2, 3], [3, 0, 0]], np.int32)  # 1-based, padded with 0
 

@@ -8,15 +8,11 @@ import pytest
 from PIL import Image
 
 from caocrvfy.cli import main as cli_main
-from caocrvfy.data import DataError
-from caocrvfy.predict import (
-    Predictor,
-    ctc_best_path_of_length,
-    ctc_label_probability,
-    decode_outputs,
-    evaluate_folder,
-    expand_inputs,
-)
+from caocrvfy.errors import DataError
+from caocrvfy.evaluation import evaluate_folder
+from caocrvfy.inference import Predictor, expand_inputs
+from caocrvfy.inference.ctc import ctc_best_path_of_length, ctc_label_probability
+from caocrvfy.inference.decoding import decode_outputs
 
 CHARSET = "0123456789"
 
@@ -270,6 +266,6 @@ def test_cli_reports_data_errors_with_exit_code_2(tmp_path, capsys):
 
 
 def test_jax_batches_are_padded_to_powers_of_two():
-    from caocrvfy.predict import bucket
+    from caocrvfy.inference.predictor import bucket
 
     assert [bucket(n) for n in (0, 1, 2, 3, 5, 128, 129, 256)] == [1, 1, 2, 4, 8, 128, 256, 256]

@@ -31,8 +31,10 @@ with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClie
     from fastapi.testclient import TestClient  # noqa: E402
 
 from caocrvfy.model_enhanced import build_model  # noqa: E402
-from caocrvfy.predict import Predictor  # noqa: E402
-from caocrvfy.serve import Limits, MicroBatcher, create_app  # noqa: E402
+from caocrvfy.inference import Predictor  # noqa: E402
+from caocrvfy.serving.app import create_app  # noqa: E402
+from caocrvfy.serving.batcher import MicroBatcher  # noqa: E402
+from caocrvfy.serving.requests import Limits  # noqa: E402
 
 CHARSET = "0123456789"
 SHAPE = (24, 64, 1)
@@ -44,7 +46,7 @@ def run(tmp_path_factory) -> Path:
     """An untrained tiny softmax model (it always reads 3 characters) with config and metrics."""
     folder = tmp_path_factory.mktemp("serve-run")
     keras.utils.set_random_seed(0)
-    model = build_model(SHAPE, num_classes=len(CHARSET), max_length=3, head="softmax",
+    model = build_model(charset=CHARSET, max_length=3, height=SHAPE[0], width=SHAPE[1], head="softmax",
                         filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
     model.save(folder / "model.keras")
     resolved = {"charset": CHARSET, "max_length": 3, "head": "softmax", "input_shape": list(SHAPE)}
@@ -295,6 +297,7 @@ def test_batched_and_unbatched_servers_read_the_same(reader, pngs):
     assert answers[None] == answers[0.0] == answers[20.0]
 
 
+@pytest.mark.slow
 def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"

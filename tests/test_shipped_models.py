@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from caocrvfy.charset import parse_charset
-from caocrvfy.data import CaptchaSpec, generate
-from caocrvfy.predict import Predictor
+from caocrvfy.data.charset import parse_charset
+from caocrvfy.data.synthetic import CaptchaSpec, generate
+from caocrvfy.inference import Predictor
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = sorted(p.name for p in MODELS.glob("captcha-*") if (p / "model.keras").exists())
@@ -18,6 +18,7 @@ def test_the_three_models_are_shipped():
     assert SHIPPED == ["captcha-4x36", "captcha-6x62", "captcha-6x62-small"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reads_fresh_captchas(name, tmp_path):
     folder = MODELS / name

@@ -2,6 +2,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import re
 import math
 import os
 import shutil
@@ -15,10 +16,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 import caocrvfy
-from caocrvfy import callbacks as cb
+from caocrvfy.model_config import ModelConfig
 from caocrvfy.model_enhanced import build_model, model_head
-from caocrvfy.train import TrainConfig, config_from_args, train, transfer_weights
 from caocrvfy.train import main as train_main
+from caocrvfy.training import callbacks as cb
+from caocrvfy.training.config import TrainConfig, config_from_args
+from caocrvfy.training.trainer import train
+from caocrvfy.training.warm_start import transfer_weights
 
 REPO = Path(caocrvfy.__file__).resolve().parent.parent
 
@@ -44,14 +48,17 @@ def test_training_writes_the_run_folder(trained_run):
 
 def test_config_json_holds_the_resolved_settings(trained_run, trained_config):
     config = load_json(trained_run / "config.json")
-    resolved = config["resolved"]
-    assert resolved["charset"] == "0123456789"
-    assert resolved["input_shape"] == [24, 64, 1]
-    assert resolved["head"] == "softmax"
-    assert (resolved["max_length"], resolved["fixed_length"]) == (3, True)
-    assert (resolved["train_images"], resolved["val_images"], resolved["steps_per_epoch"]) == (32, 16, 2)
-    assert resolved["augment"] is False  # synthetic data: no augmentation unless asked
-    assert config["filters"] == [8, 8, 8, 8] and config["epochs"] == trained_config.epochs
+    model, run = config["model"], config["run"]
+    assert config["version"] == 2
+    assert model["charset"] == "0123456789"
+    assert (model["height"], model["width"], model["channels"]) == (24, 64, 1)
+    assert model["head"] == "softmax"
+    assert (model["max_length"], model["fixed_length"]) == (3, True)
+    assert (run["train_images"], run["val_images"], run["steps_per_epoch"], run["batch_size"]) == (32, 16, 2, 16)
+    assert model["augment"] is False  # synthetic data: no augmentation unless asked
+    assert model["filters"] == [8, 8, 8, 8] and config["training"]["epochs"] == trained_config.epochs
+    # The "model" section is exactly what build_model takes, and the predictor reads it back.
+    assert ModelConfig.from_json(model) == ModelConfig(**{**model, "filters": tuple(model["filters"])})
 
 
 def test_history_metrics_and_state(trained_run):
@@ -186,15 +193,18 @@ def test_time_limit_counts_the_training_before_a_resume():
     assert limit.reached and model.stop_training
 
 
-def test_total_time_limit_leaves_training_what_preparing_did_not_use():
-    from caocrvfy.data import DataError
-    from caocrvfy.train import FINISH_MINUTES, training_minutes
+def test_time_limit_leaves_training_what_preparing_did_not_use():
+    from caocrvfy.errors import DataError
+    from caocrvfy.training.trainer import FINISH_MINUTES, training_minutes
 
-    assert training_minutes(TrainConfig(time_limit=4.0), used=3.0) == 4.0
-    assert training_minutes(TrainConfig(total_time_limit=20.0), used=3.0) == pytest.approx(17.0 - FINISH_MINUTES)
-    assert training_minutes(TrainConfig(total_time_limit=20.0, time_limit=5.0), used=3.0) == 5.0
-    with pytest.raises(DataError, match="--total-time-limit"):
-        training_minutes(TrainConfig(total_time_limit=2.0), used=2.0)
+    assert training_minutes(TrainConfig(), used=3.0) is None
+    assert training_minutes(TrainConfig(time_limit=20.0), used=3.0) == pytest.approx(17.0 - FINISH_MINUTES)
+    # Resumed after 5 trained minutes: the budget still counts them, and this run trains what is left.
+    assert training_minutes(TrainConfig(time_limit=20.0), used=3.0, trained=5.0) == pytest.approx(17.0 - FINISH_MINUTES)
+    with pytest.raises(DataError, match="--time-limit"):
+        training_minutes(TrainConfig(time_limit=2.0), used=2.0)
+    with pytest.raises(DataError, match="4.0 trained before"):
+        training_minutes(TrainConfig(time_limit=5.0), used=0.5, trained=4.0)
 
 
 
@@ -208,37 +218,44 @@ def test_training_callbacks_leave_batch_ends_to_keras(tmp_path):
         assert type(callback).on_train_batch_end is keras.callbacks.Callback.on_train_batch_end, callback
 
 
-def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache):
+@pytest.mark.slow
+def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache, monkeypatch):
+    from caocrvfy.training import trainer
+
+    # What --time-limit leaves for training depends on how long preparing took: make it a moment.
+    monkeypatch.setattr(trainer, "training_minutes", lambda cfg, used, trained=0.0: 1e-6)
     run = tmp_path / "run"
     code = train_main([
         "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24",
         "--train-size", "32", "--val-size", "16", "--cache-dir", str(synthetic_cache),
         "--filters", "8,8,8,8", "--dense-units", "8", "--rnn-units", "8", "--batch-size", "16",
-        "--epochs", "50", "--time-limit", "0.000001", "--out", str(run),
+        "--epochs", "50", "--time-limit", "5", "--out", str(run),
     ])
     assert code == 0
     assert len(history_rows(run)) == 1  # the first epoch was cut short, validated and saved
     assert load_json(run / "state.json")["epoch"] == 1
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
-    assert load_json(run / "config.json")["time_limit"] == pytest.approx(0.000001)
+    assert load_json(run / "config.json")["training"]["time_limit"] == 5.0
     assert load_json(run / "state.json")["trained_seconds"] > 0
 
 
-def test_no_cache_draws_in_memory_and_writes_nothing(tmp_path):
+@pytest.mark.slow
+def test_synthetic_memory_draws_in_memory_and_writes_nothing(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
     code = train_main([
-        "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--no-cache",
-        "--train-size", "24", "--val-size", "8", "--cache-dir", str(cache), "--total-time-limit", "10",
+        "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--synthetic", "memory",
+        "--train-size", "24", "--val-size", "8", "--cache-dir", str(cache), "--time-limit", "10",
         "--filters", "8,8,8,8", "--dense-units", "8", "--rnn-units", "8", "--batch-size", "8", "--epochs", "1",
         "--conv-dropout", "0", "--head-dropout", "0.1", "--out", str(run),
     ])
     assert code == 0 and not cache.exists()
-    resolved = load_json(run / "config.json")["resolved"]
-    assert (resolved["train_images"], resolved["val_images"]) == (24, 8)
+    config = load_json(run / "config.json")
+    assert (config["run"]["train_images"], config["run"]["val_images"]) == (24, 8)
     model = keras.models.load_model(run / "model.keras", compile=False)
     assert (model.get_layer("conv_dropout").rate, model.get_layer("head_dropout").rate) == (0.0, 0.1)
 
 
+@pytest.mark.slow
 def test_jax_backend_trains_augmented_models_compiled(tmp_path, synthetic_cache):
     # GPU boxes run Keras on JAX; without jit (which Keras refuses for its augmentation layers
     # unless told they are safe there) a step runs op by op.
@@ -255,24 +272,6 @@ def test_jax_backend_trains_augmented_models_compiled(tmp_path, synthetic_cache)
     assert (run / "model.keras").is_file()
 
 
-def test_input_scale_trains_on_smaller_images_and_reads_full_size_ones(tmp_path, synthetic_cache, generated_dir):
-    from caocrvfy.predict import Predictor
-
-    run = tmp_path / "run"
-    code = train_main([
-        "--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--input-scale", "0.5",
-        "--column-stride", "4", "--train-size", "32", "--val-size", "16", "--cache-dir", str(synthetic_cache),
-        "--filters", "8,8,8,8", "--dense-units", "8", "--rnn-units", "8", "--batch-size", "16", "--epochs", "1",
-        "--out", str(run),
-    ])
-    assert code == 0
-    assert load_json(run / "config.json")["resolved"]["input_shape"] == [12, 32, 1]
-    reader = Predictor.load(run)
-    assert reader.model.input_shape == (None, 12, 32, 1)
-    full_size = sorted(generated_dir.glob("*.png"))[:3]  # drawn at 64 x 24, resized on reading
-    assert all(len(p.text) == 3 for p in reader.predict(full_size))
-
-
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, make_config) -> Path:
     run = tmp_path_factory.mktemp("resume")
@@ -280,46 +279,64 @@ def resumed_run(tmp_path_factory, make_config) -> Path:
     assert len(history_rows(run)) == 1
     # --resume reads every setting from config.json (only --time-limit may be given again).
     config = load_json(run / "config.json")
-    config["epochs"] = 2
+    config["training"]["epochs"] = 2
     (run / "config.json").write_text(json.dumps(config))
     train(config_from_args(["--resume", str(run)]))
     return run
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_next_epoch(resumed_run):
     assert [int(r["epoch"]) for r in history_rows(resumed_run)] == [0, 1]
     assert (resumed_run / "history.csv").read_text().count("val_loss") == 1  # one header
     assert load_json(resumed_run / "state.json")["epoch"] == 2
     config = load_json(resumed_run / "config.json")
-    assert config["resume"] == str(resumed_run) and config["resolved"]["charset"] == "0123456789"
+    assert config["training"]["resume"] == str(resumed_run) and config["model"]["charset"] == "0123456789"
 
 
+@pytest.mark.slow
 def test_resume_config_comes_from_the_run_folder(resumed_run):
     cfg = config_from_args(["--resume", str(resumed_run), "--time-limit", "3"])
     assert (cfg.epochs, cfg.length, cfg.filters, cfg.head) == (2, 3, (8, 8, 8, 8), "ctc")
     assert (cfg.out, cfg.resume, cfg.time_limit) == (str(resumed_run), str(resumed_run), 3.0)
-    assert cfg.resolved == {}
 
 
 def test_resume_without_state_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig())))
-    with pytest.raises(SystemExit, match="nothing to resume"):
+    from caocrvfy.errors import DataError
+
+    config = {"version": 2, "model": ModelConfig().to_json(), "training": TrainConfig().to_json()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match="nothing to resume"):
         train(config_from_args(["--resume", str(tmp_path)]))
 
 
-@pytest.mark.parametrize("option", [["--steps-per-execution", "-1"], ["--input-scale", "0"], ["--feed-threads", "0"],
-                                    ["--conv-dropout", "1"], ["--total-time-limit", "0"], ["--filters", "8,0"],
-                                    ["--batch-size", "0"]])
+def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--resume", str(tmp_path)])
+    assert "config.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--conv-dropout", "1"], ["--time-limit", "0"], ["--filters", "8,0"],
+                                    ["--batch-size", "0"], ["--width", "0"], ["--val-fraction", "1.5"]])
 def test_settings_out_of_range_are_refused_by_name(option, capsys):
     with pytest.raises(SystemExit):
         config_from_args(option)
     assert option[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", [["--input-scale", "0.5"], ["--no-cache"], ["--total-time-limit", "20"],
+                                    ["--stream-workers", "2"], ["--no-focal-loss"], ["--class-weights"]])
+def test_removed_options_are_refused_by_name(option, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(option)
+    assert option[0] in capsys.readouterr().err
+
+
 def test_config_from_args():
-    cfg = config_from_args(["--filters", "8,16", "--no-focal-loss", "--head", "sigmoid", "--no-attention",
+    cfg = config_from_args(["--filters", "8,16", "--loss", "ce", "--head", "sigmoid", "--no-attention",
                             "--time-limit", "1.5", "--charset", "0-9"])
-    assert cfg.filters == (8, 16) and cfg.use_focal_loss is False and cfg.attention is False
+    assert cfg.filters == (8, 16) and cfg.loss == "ce" and cfg.attention is False
+    assert set(cfg.given) == {"filters", "attention"}  # architecture settings named on the command line
     assert (cfg.head, cfg.time_limit, cfg.charset, cfg.epochs) == ("sigmoid", 1.5, "0-9", TrainConfig().epochs)
 
 
@@ -339,16 +356,17 @@ def mixed_length_folder(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_mixed_label_lengths_pick_the_ctc_head(mixed_length_folder, make_config, tmp_path):
     cfg = make_config(tmp_path / "run", data=str(mixed_length_folder), charset=None, head="softmax",
                       epochs=1, batch_size=None, augment="off")
     run = train(cfg)
     config = load_json(run / "config.json")
-    assert config["batch_size"] == 16  # a small labelled set gets the small-batch default
-    resolved = config["resolved"]
-    assert resolved["head"] == "ctc"
-    assert (resolved["fixed_length"], resolved["max_length"]) == (False, 4)
-    assert resolved["input_shape"] == [64, 128, 1]  # height 64, width from the images' 2:1 ratio
+    model, resolved = config["model"], config["run"]
+    assert resolved["batch_size"] == 16  # a small labelled set gets the small-batch default
+    assert model["head"] == "ctc"
+    assert (model["fixed_length"], model["max_length"]) == (False, 4)
+    assert (model["height"], model["width"]) == (64, 128)  # height 64, width from the images' 2:1 ratio
     assert resolved["train_images"] + resolved["val_images"] == 12 and resolved["val_images"] >= 1
     assert model_head(keras.models.load_model(run / "model.keras", compile=False)) == "ctc"
 
@@ -371,7 +389,7 @@ def test_best_model_ties_on_full_match_go_to_the_lower_validation_loss(tmp_path)
 
 
 def test_several_workers_need_out_and_epochs(monkeypatch, make_config, tmp_path):
-    from caocrvfy.data import DataError
+    from caocrvfy.errors import DataError
 
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}')
     with pytest.raises(DataError, match="--epochs rather than --time-limit"):
@@ -382,8 +400,8 @@ def test_several_workers_need_out_and_epochs(monkeypatch, make_config, tmp_path)
 
 def test_transfer_weights_copies_matching_layers():
     tiny = dict(filters=(8, 8, 8, 8), dense_units=8, rnn_units=8)
-    source = build_model((24, 64, 1), 10, 3, "ctc", **tiny)
-    target = build_model((24, 64, 1), 12, 3, "ctc", **tiny)
+    source = build_model(charset="0123456789", max_length=3, height=24, width=64, **tiny)
+    target = build_model(charset="0123456789ab", max_length=3, height=24, width=64, **tiny)
     copied = transfer_weights(source, target)
     with_weights = [layer for layer in target.layers if layer.weights]
     assert copied == len(with_weights) - 1  # all but the output layer, whose class count differs
@@ -391,24 +409,25 @@ def test_transfer_weights_copies_matching_layers():
                                   target.get_layer("features").get_weights()[0])
 
 
+@pytest.mark.slow
 def test_init_adopts_the_saved_architecture_unless_a_setting_is_given(tmp_path, synthetic_cache, caplog):
     tiny = ["--charset", "0-9", "--length", "3", "--width", "64", "--height", "24", "--train-size", "32",
             "--val-size", "16", "--cache-dir", str(synthetic_cache), "--filters", "8,8,8,8", "--dense-units", "8",
             "--rnn-units", "8", "--batch-size", "16", "--epochs", "1"]
     assert train_main([*tiny, "--out", str(tmp_path / "stride8")]) == 0
     # Finishing a stride-8 model at stride 4: the named setting wins and every layer's weights fit.
-    with caplog.at_level("INFO", logger="caocrvfy.train"):
+    with caplog.at_level("INFO", logger="caocrvfy"):
         assert train_main([*tiny, "--init", str(tmp_path / "stride8"), "--column-stride=4",
                            "--out", str(tmp_path / "stride4")]) == 0
     assert "column_stride: 4 as given, not 8" in caplog.text
     assert "initialised 13 of 13 layers" in caplog.text
-    assert load_json(tmp_path / "stride4" / "config.json")["column_stride"] == 4
+    assert load_json(tmp_path / "stride4" / "config.json")["model"]["column_stride"] == 4
     assert keras.models.load_model(tmp_path / "stride4" / "model.keras").output.shape == (None, 16, 11)
     # Without --column-stride the init model's own (4) is kept, not the default (8).
     assert train_main([*tiny, "--init", str(tmp_path / "stride4"), "--out", str(tmp_path / "again")]) == 0
     config = load_json(tmp_path / "again" / "config.json")
-    assert config["column_stride"] == 4 and "column_stride" not in config["given"]
-    assert set(config["given"]) == {"filters", "dense_units", "rnn_units"}
+    assert config["model"]["column_stride"] == 4 and "column_stride" not in config["training"]["given"]
+    assert set(config["training"]["given"]) == {"filters", "dense_units", "rnn_units"}
 
 
 # ---------------------------------------------------------------- entry points
@@ -421,6 +440,7 @@ def _console_script() -> str:
     return script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["script path", "module", "console script", "start_focal_training"])
 def test_train_help(how, tmp_path):
     command = {
@@ -435,6 +455,18 @@ def test_train_help(how, tmp_path):
     assert usage.startswith("usage: caocrvfy train")
     for option in ("--resume", "--time-limit", "--head", "(default 150)"):
         assert option in result.stdout
+
+
+def test_train_options_are_grouped_with_their_defaults():
+    from caocrvfy.training.config import build_parser
+
+    text = build_parser().format_help()
+    flat = " ".join(text.split())
+    for option in ("--resume", "--time-limit", "--head", "--synthetic", "(default 150)", "(default 16,48,64,96)"):
+        assert option in flat
+    assert re.findall(r"^(\w+):$", text, re.M) == ["options", "data", "model", "optimisation", "output"]
+    options = set(re.findall(r"^  (--[a-z-]+)", text, re.M)) - {"--help"}
+    assert len(options) == 37  # 54 before the redesign
 
 
 def _start_focal_training():

@@ -1,10 +1,10 @@
 """Run exported readers (ONNX, TFLite, SavedModel) behind the interface `Predictor` uses.
 
-    from caocrvfy.predict import Predictor
+    from caocrvfy.inference import Predictor
     Predictor.load("exports/model.onnx").predict(["a.png"])   # config.json beside the file
 
 Each runtime has `predict_on_batch(uint8 NHWC batch) -> numpy outputs`, the same outputs the
-.keras model gives. `caocrvfy.export` writes these files; it documents their input.
+.keras model gives. `caocrvfy.inference.export` writes these files; it documents their input.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caocrvfy.data import DataError
+from caocrvfy.errors import DataError
 
 log = logging.getLogger(__name__)
 

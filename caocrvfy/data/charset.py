@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_CHARSET_SPEC = "0-9a-zA-Z"
-PAD = 0
 
 def parse_charset(spec: str) -> str:
     """Expands ranges such as `0-9`, `a-z`, `A-F` and returns the sorted, de-duplicated set."""

@@ -32,8 +32,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from caocrvfy.data import DataError
-from caocrvfy.predict import resolve_model_path
+from caocrvfy.errors import DataError
+from caocrvfy.locations import resolve_model_path
+from caocrvfy.model_config import model_config_of, read_config
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DEFAULT_NAMES = {"savedmodel": "savedmodel", "onnx": "model.onnx", "tflite": "mo
 SIDECARS = ("config.json", "metrics.json")
 ONNX_OPSET = 17
 # Pillow's "L" conversion (ITU-R 601-2 luma) in its own fixed-point weights, so that the
-# SavedModel's decoder makes the same grey levels as `caocrvfy.data.open_image`.
+# SavedModel's decoder makes the same grey levels as `caocrvfy.data.images.open_image`.
 LUMA = (19595 / 65536, 38470 / 65536, 7471 / 65536)
 
 
@@ -140,7 +141,7 @@ def serving_functions(model, height: int, width: int, channels: int) -> dict:
 def _export_savedmodel(model, config: dict, out: Path) -> None:
     import tensorflow as tf
 
-    height, width, channels = config["resolved"]["input_shape"]
+    height, width, channels = model_config_of(config).input_shape
     functions = serving_functions(model, height, width, channels)
     module = tf.Module()
     module.model = model
@@ -160,17 +161,16 @@ def _export_onnx(model, config: dict, out: Path) -> None:
     except ImportError as exc:
         raise DataError(f"ONNX export needs tf2onnx and onnx ({exc}): pip install 'caocrvfy[export]'.") from exc
 
-    height, width, channels = config["resolved"]["input_shape"]
-    serve = serving_functions(model, height, width, channels)["serve"]
+    described = model_config_of(config)
+    serve = serving_functions(model, *described.input_shape)["serve"]
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET)
-    resolved = config["resolved"]
     proto.doc_string = ("caocrvfy captcha reader: uint8 NHWC images of any size in, resized inside; "
-                        f"{resolved['head']} outputs; decode with the charset in metadata_props.")
+                        f"{described.head} outputs; decode with the charset in metadata_props.")
     for key, value in {
-        "caocrvfy.charset": resolved["charset"],
-        "caocrvfy.head": resolved["head"],
-        "caocrvfy.input_shape": json.dumps(resolved["input_shape"]),
-        "caocrvfy.max_length": str(resolved.get("max_length", "")),
+        "caocrvfy.charset": described.charset,
+        "caocrvfy.head": described.head,
+        "caocrvfy.input_shape": json.dumps(list(described.input_shape)),
+        "caocrvfy.max_length": str(described.max_length),
         "caocrvfy.config": json.dumps(config),
     }.items():
         entry = proto.metadata_props.add()
@@ -182,8 +182,7 @@ def _export_tflite(model, config: dict, out: Path) -> None:
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    height, width, channels = config["resolved"]["input_shape"]
-    serve = serving_functions(unrolled(model), height, width, channels)["serve"]
+    serve = serving_functions(unrolled(model), *model_config_of(config).input_shape)["serve"]
     # Frozen first: converted as they are, the weights of a loaded model stay resource variables
     # that the TFLite interpreter never initialises, and it reads NaN.
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
@@ -191,7 +190,7 @@ def _export_tflite(model, config: dict, out: Path) -> None:
     try:
         tflite_bytes = converter.convert()
     except Exception as exc:  # the converter's own errors are long MLIR dumps
-        raise DataError(f"the TFLite converter could not convert {config['resolved']['head']} model: "
+        raise DataError(f"the TFLite converter could not convert the {model_config_of(config).head} model: "
                         f"{str(exc).splitlines()[0]}") from exc
     out.write_bytes(tflite_bytes)
 
@@ -216,7 +215,7 @@ def export_model(model: str | Path | None, fmt: str, out: str | Path | None = No
     model_path, config_path = resolve_model_path(model)
     if model_path.suffix != ".keras":
         raise DataError(f"{model_path} is already an export: give the run folder or its model.keras.")
-    config = json.loads(config_path.read_text())
+    config = read_config(config_path)
     target = output_path(model_path.parent, fmt, out)
     if fmt == "savedmodel" and target.exists() and any(target.iterdir()) and not (target / "saved_model.pb").exists():
         raise DataError(f"{target} is a folder with other files in it: give an empty or new folder.")

@@ -1,12 +1,11 @@
-"""Training data: captchas made with the `captcha` library, labelled folders, and input pipelines.
+"""Synthetic captchas from the `captcha` library: to disk, into memory, or streamed.
 
-Images are decoded and resized once with Pillow into uint8 arrays; scaling to [0, 1] happens
-inside the model so that training, prediction, export and serving share one preprocessing.
+The library draws from `secrets`, so seeding does not make its images reproducible: keep fixed
+evaluation sets on disk. Drawing runs in worker processes that skip importing Keras.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -15,54 +14,27 @@ import multiprocessing as mp
 import os
 import re
 import threading
-import time
-import zlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
-from caocrvfy.charset import encode_labels, infer_charset, parse_charset
+from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, encode_labels, parse_charset
+from caocrvfy.data.folders import MANIFEST
+from caocrvfy.errors import DataError
+from caocrvfy.progress import Progress
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-MANIFEST = "manifest.json"
 _GENERATED = re.compile(r"^(?P<label>[^_]+)_(?P<index>\d+)\.png$")
-
-
-class DataError(ValueError):
-    """A problem with the user's data that they can fix; the message says how."""
-
-
-class Progress:
-    """Logs `done/total`, rate and time left at most every `every` seconds."""
-
-    def __init__(self, total: int, what: str, every: float = 2.0):
-        self.total, self.what, self.every = total, what, every
-        self.start = self.last = time.monotonic()
-        self.done = 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            left = (self.total - self.done) / max(rate, 1e-9)
-            log.info(f"{self.what}: {self.done}/{self.total} ({rate:.0f}/s, {left:.0f}s left)")
-
-
-# ---------------------------------------------------------------- generation
 
 
 @dataclass(frozen=True)
 class CaptchaSpec:
     """What a synthetic captcha looks like."""
 
-    charset: str = parse_charset("0-9a-zA-Z")
+    charset: str = parse_charset(DEFAULT_CHARSET_SPEC)
     length: int = 6
     width: int = 160
     height: int = 60
@@ -76,6 +48,14 @@ def _init_worker(width: int, height: int) -> None:
 
     global _worker_generator
     _worker_generator = ImageCaptcha(width=width, height=height)
+
+
+def worker_captcha():
+    """Inside a `drawing_pool` worker: that process's `captcha.image.ImageCaptcha`, for jobs
+    of one's own (benchmarks draw single glyphs with it)."""
+    if _worker_generator is None:
+        raise RuntimeError("worker_captcha() is only available inside a drawing_pool worker process")
+    return _worker_generator
 
 
 def drawing_pool(workers: int, spec: CaptchaSpec):
@@ -116,6 +96,12 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
     """(offset, size) pieces of a drawing job: about four per worker, at most 250 captchas each."""
     chunk = max(1, min(250, math.ceil(count / (workers * 4))))
     return [(i, min(chunk, count - i)) for i in range(0, count, chunk)]
+
+
+def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:
+    """Where `caocrvfy train` caches the synthetic captchas of `spec` for `split` (train, val)."""
+    key = hashlib.sha1(spec.charset.encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"synthetic-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
 
 
 def _captcha_version() -> str:
@@ -270,151 +256,3 @@ class SyntheticStream:
         self._thread.join(timeout=5)
         self._pool.terminate()
 
-
-# ---------------------------------------------------------------- labelled folders
-
-
-@dataclass
-class LabelledSet:
-    """Images and labels read from one folder, with what was skipped and why."""
-
-    root: Path
-    paths: list[Path]
-    labels: list[str]
-    charset: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    manifest: dict | None = None
-
-    def skip(self, name: str, reason: str) -> None:
-        self.skipped.append((name, reason))
-
-    def report_skipped(self) -> None:
-        if self.skipped:
-            log.warning(f"{self.root}: skipped {len(self.skipped)} item(s):")
-            for name, reason in self.skipped:
-                log.warning(f"  {name}: {reason}")
-
-
-def _label_from_name(name: str) -> str:
-    return re.split(r"[_.]", name, maxsplit=1)[0]
-
-
-def read_folder(
-    root: str | Path,
-    charset: str | None = None,
-    length: int | None = None,
-    ignore_case: bool = False,
-) -> LabelledSet:
-    """Lists a folder of labelled images; labels from `labels.csv` or from file names.
-
-    Items whose label is empty, uses characters outside `charset`, or has the wrong `length`
-    are skipped with their reason; images are decoded later by `load_images`.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder: give a folder of labelled images.")
-    manifest = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
-    csv_path = root / "labels.csv"
-    pairs: list[tuple[str, str]] = []
-    if csv_path.exists():
-        with csv_path.open(newline="", encoding="utf-8") as fh:
-            for row in csv.reader(fh):
-                if len(row) >= 2 and row[0] != "file":
-                    pairs.append((row[0].strip(), row[1].strip()))
-    else:
-        names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        pairs = [(name, _label_from_name(name)) for name in names]
-    if ignore_case:
-        pairs = [(name, label.lower()) for name, label in pairs]
-    if charset is None and manifest and not ignore_case:
-        charset = manifest["charset"]
-    out = LabelledSet(root, [], [], charset or "", manifest=manifest)
-    for name, label in pairs:
-        if not label:
-            out.skip(name, "empty label")
-        elif charset and set(label) - set(charset):
-            bad = "".join(sorted(set(label) - set(charset)))
-            out.skip(name, f"label '{label}' has characters outside the character set: {bad!r}")
-        elif length and len(label) != length:
-            out.skip(name, f"label '{label}' has {len(label)} characters, the model reads {length}")
-        elif not (root / name).is_file():
-            out.skip(name, "listed in labels.csv but the file is missing")
-        else:
-            out.paths.append(root / name)
-            out.labels.append(label)
-    if not charset:
-        out.charset = infer_charset(out.labels)
-    if not out.paths:
-        out.report_skipped()
-        raise DataError(
-            f"{root} has no usable labelled images: name files LABEL_anything.png or add a "
-            "labels.csv with file,label rows."
-        )
-    return out
-
-
-def open_image(source: str | Path | bytes, height: int, width: int, channels: int) -> np.ndarray:
-    """Decodes any Pillow-readable image (first frame) to uint8 (height, width, channels)."""
-    import io
-
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    fh = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(fh) as im:
-        im.seek(0)
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im.alpha_composite(rgba)
-        im = im.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8).reshape(height, width, channels)
-
-
-def load_images(
-    data: LabelledSet, height: int, width: int, channels: int, dedupe: bool = True
-) -> tuple[np.ndarray, list[str], list[Path]]:
-    """Decodes the set's images; unreadable files and exact duplicates are skipped and listed."""
-
-    def one(path: Path):
-        try:
-            raw = path.read_bytes()
-            return hashlib.md5(raw).hexdigest(), open_image(raw, height, width, channels), None
-        except Exception as exc:  # Pillow raises many types for broken files
-            return None, None, f"cannot be read as an image ({type(exc).__name__}: {exc}); replace or remove it"
-
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as ex:
-        results = list(ex.map(one, data.paths))
-    seen: dict[str, str] = {}
-    images, labels, paths = [], [], []
-    for path, label, (digest, image, error) in zip(data.paths, data.labels, results):
-        if error:
-            data.skip(path.name, error)
-        elif dedupe and digest in seen:
-            data.skip(path.name, f"duplicate of {seen[digest]}")
-        else:
-            seen[digest] = path.name
-            images.append(image)
-            labels.append(label)
-            paths.append(path)
-    if not images:
-        data.report_skipped()
-        raise DataError(f"{data.root} has no readable images: check the files listed above.")
-    return np.stack(images), labels, paths
-
-
-def is_validation(name: str, fraction: float) -> bool:
-    """Deterministic split by file name: the same file always lands on the same side."""
-    return zlib.crc32(name.encode("utf-8")) % 10_000 < fraction * 10_000
-
-
-def choose_input_size(paths: list[Path], height: int = 64) -> tuple[int, int]:
-    """A fixed height and a width (multiple of 8) from the median aspect ratio of the images."""
-    ratios = []
-    for path in paths[:500]:
-        try:
-            with Image.open(path) as im:
-                ratios.append(im.width / im.height)
-        except Exception:
-            continue
-    ratio = float(np.median(ratios)) if ratios else 2.5
-    return height, max(32, int(round(height * ratio / 8)) * 8)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from caocrvfy.data import SyntheticStream
+from caocrvfy.data.synthetic import SyntheticStream
 
 def encode_targets(labels, head: str, num_classes: int):
     """Model targets from 1-based padded indices: as they are for CTC, one-hot otherwise."""

@@ -1,0 +1,42 @@
+"""Reading a labelled folder with a Predictor: the records the scores and the report are made of."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from caocrvfy.data.charset import fold_case
+from caocrvfy.data.folders import read_folder
+from caocrvfy.errors import DataError
+from caocrvfy.evaluation.scores import char_accuracy, full_match
+from caocrvfy.inference.predictor import Predictor
+from caocrvfy.progress import Progress
+
+
+def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False,
+                         batch_size: int = 256, progress: bool = False):
+    """Reads a labelled folder (labels as `read_folder`): (truth, prediction, confidence) records,
+    their image paths, and the skipped items with reasons. Case-folded when asked or when the
+    model was trained with --ignore-case."""
+    found = read_folder(folder, charset=None, ignore_case=ignore_case)
+    fold = fold_case if ignore_case or predictor.ignore_case else (lambda s: s)
+    label_of = dict(zip(found.paths, found.labels))
+    records, paths, skipped = [], [], list(found.skipped)
+    counter = Progress(len(found.paths), "read") if progress else None
+    for path, prediction, error in predictor.predict_files(found.paths, batch_size=batch_size):
+        if counter:
+            counter.update(1)
+        if error:
+            skipped.append((path.name, error))
+            continue
+        records.append((fold(label_of[path]), fold(prediction.text), prediction.confidence))
+        paths.append(path)
+    if not records:
+        raise DataError(f"{folder} has no readable labelled images to evaluate.")
+    return records, paths, skipped
+
+
+def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False) -> dict:
+    """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`)."""
+    records, _, skipped = read_labelled_folder(predictor, folder, ignore_case)
+    return {"full_match": full_match(records), "char_accuracy": char_accuracy(records), "count": len(records),
+            "skipped": [{"file": n, "reason": r} for n, r in skipped]}

@@ -1,0 +1,90 @@
+"""CTC maths on one image's softmax output (steps, blank + classes), blank = class 0:
+what a path reads, the most probable path of a given length, and the probability of a label
+summed over all its alignments."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ctc_collapse(path: np.ndarray) -> np.ndarray:
+    """What a CTC path reads: repeats merged, blanks (0) dropped."""
+    return path[(path != 0) & np.concatenate([[True], path[1:] != path[:-1]])]
+
+
+def ctc_label_probability(probs: np.ndarray, label: np.ndarray) -> float:
+    """P(label | image) under CTC: the sum over every alignment of `label` (1-based class
+    indices, blank 0) of the product of its per-step probabilities (the forward algorithm,
+    rescaled at each step). `probs` is one image's (steps, blank + classes) softmax output."""
+    extended = np.zeros(2 * len(label) + 1, np.int64)
+    extended[1::2] = label
+    # A step may skip the blank between two different characters.
+    skip = np.zeros(len(extended), bool)
+    skip[3::2] = extended[3::2] != extended[1:-2:2]
+    alpha = np.zeros(len(extended))
+    alpha[0] = probs[0, 0]
+    if len(extended) > 1:
+        alpha[1] = probs[0, extended[1]]
+    log_scale = 0.0
+    for t in range(1, len(probs)):
+        moved = alpha.copy()
+        moved[1:] += alpha[:-1]
+        moved[2:] += np.where(skip[2:], alpha[:-2], 0.0)
+        alpha = moved * probs[t, extended]
+        total = alpha.sum()
+        if total <= 0:
+            return 0.0
+        alpha /= total
+        log_scale += np.log(total)
+    return float(np.exp(log_scale + np.log(max(alpha[-2:].sum() if len(alpha) > 1 else alpha[-1], 1e-300))))
+
+
+def ctc_best_path_of_length(probs: np.ndarray, length: int) -> np.ndarray | None:
+    """The most probable CTC path that reads exactly `length` characters (Viterbi over the
+    number of characters read so far and the last symbol); its 1-based classes, or None when
+    the output has too few steps."""
+    steps, symbols = probs.shape
+    logp = np.log(np.clip(probs, 1e-30, 1.0))
+    # score[k, s]: best log probability of a path prefix that has read k characters and whose
+    # last symbol is s (0 = blank); back[t, k, s] = (k, s) it came from.
+    score = np.full((length + 1, symbols), -np.inf)
+    score[0, 0] = logp[0, 0]
+    if length:
+        score[1, 1:] = logp[0, 1:]
+    back = np.zeros((steps, length + 1, symbols, 2), np.int64)
+    for t in range(1, steps):
+        new = np.full_like(score, -np.inf)
+        # A blank keeps the count: from any symbol.
+        from_any = score.argmax(1)
+        new[:, 0] = score[np.arange(length + 1), from_any] + logp[t, 0]
+        back[t, :, 0, 0], back[t, :, 0, 1] = np.arange(length + 1), from_any
+        # Repeating the last character keeps the count.
+        stay = score[:, 1:] + logp[t, 1:]
+        new[:, 1:] = stay
+        back[t, :, 1:, 0] = np.arange(length + 1)[:, None]
+        back[t, :, 1:, 1] = np.arange(1, symbols)[None, :]
+        # A new character (after a blank or a different character) adds one. The best symbol
+        # to come from is the best of the others: the first best, or for that very character
+        # the second best (both as argmax picks them, first index on ties).
+        prev = score[:-1]
+        rows = np.arange(length)
+        first = prev.argmax(1)
+        masked = prev.copy()
+        masked[rows, first] = -np.inf
+        second = masked.argmax(1)
+        chars = np.arange(1, symbols)
+        best_prev = np.where(chars[None, :] == first[:, None], second[:, None], first[:, None])
+        moved = prev[rows[:, None], best_prev] + logp[t, 1:][None, :]
+        better = moved > new[1:, 1:]
+        new[1:, 1:] = np.where(better, moved, new[1:, 1:])
+        back[t, 1:, 1:, 0] = np.where(better, rows[:, None], back[t, 1:, 1:, 0])
+        back[t, 1:, 1:, 1] = np.where(better, best_prev, back[t, 1:, 1:, 1])
+        score = new
+    if not np.isfinite(score[length]).any():
+        return None
+    k, s = length, int(score[length].argmax())
+    path = [s]
+    for t in range(steps - 1, 0, -1):
+        k, s = back[t, k, s]
+        path.append(int(s))
+    return ctc_collapse(np.array(path[::-1]))

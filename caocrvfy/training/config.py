@@ -1,0 +1,256 @@
+"""Training settings: `TrainConfig` (what the user asks for), its command line, and `RunPlan`
+(what a run resolves from it, the data and the device, once, before training starts).
+
+The model's defaults come from `ModelConfig`; nothing here repeats them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
+from caocrvfy.errors import DataError
+from caocrvfy.model_config import ARCHITECTURE, COLUMN_STRIDES, HEADS, ModelConfig, read_config
+from caocrvfy.training.compile import DEFAULT_LEARNING_RATE
+
+_MODEL = ModelConfig()
+
+SYNTHETIC_SOURCES = ("cache", "memory", "stream")
+AUGMENT_BELOW = 5_000  # labelled training images; below this augmentation is on unless switched off
+SMALL_SET_BELOW, SMALL_BATCH, BATCH = 2_000, 16, 64  # labelled images; batch size below and above
+GPU_STEPS_PER_EXECUTION = 8  # 1.59x the stream-fed rate on an H100 (BENCHMARKS.md)
+PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau's cut
+MIN_LEARNING_RATE = 1e-6  # floor of the plateau cuts and of the cosine decay
+STREAM_MIN_CAPACITY = 200_000  # images the --synthetic stream ring buffer holds at least
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting a user can give; saved as the "training" section of config.json."""
+
+    # data
+    data: str | None = None
+    charset: str | None = None
+    length: int = _MODEL.max_length
+    width: int = _MODEL.width  # synthetic captchas are drawn at the model's input size
+    height: int = _MODEL.height
+    channels: int = _MODEL.channels
+    train_size: int = 20_000
+    val_size: int = 2_000
+    val_fraction: float = 0.1
+    ignore_case: bool = False
+    synthetic: str = "cache"
+    cache_dir: str | None = None  # None: caocrvfy.locations.cache_dir()
+    # model
+    head: str = _MODEL.head
+    filters: tuple[int, ...] = _MODEL.filters
+    dense_units: int = _MODEL.dense_units
+    rnn_units: int = _MODEL.rnn_units
+    column_stride: int = _MODEL.column_stride
+    attention: bool = _MODEL.attention
+    conv_dropout: float = _MODEL.conv_dropout
+    head_dropout: float = _MODEL.head_dropout
+    augment: str = "auto"
+    init: str | None = None
+    # optimisation
+    epochs: int = 150
+    batch_size: int | None = None  # None: SMALL_BATCH for small labelled sets, else BATCH
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    warmup_epochs: float = 2.0
+    loss: str = "focal"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    schedule: str = "plateau"
+    patience: int = 35
+    plateau_patience: int = 8
+    time_limit: float | None = None
+    mixed_precision: bool = False
+    seed: int = 0
+    # output
+    out: str | None = None
+    resume: str | None = None
+    # architecture settings named on the command line: they win over --init's
+    given: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
+        object.__setattr__(self, "given", tuple(self.given))
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["filters"], data["given"] = list(self.filters), list(self.given)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        """From a saved "training" section; settings of older versions that no longer exist are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run resolved before training: the model, the batches and the device.
+    Saved as the "model" and "run" sections of config.json; not changed afterwards."""
+
+    model: ModelConfig
+    batch_size: int
+    steps_per_epoch: int
+    steps_per_execution: int
+    jit_compile: bool
+    train_images: int
+    val_images: int
+    device: str
+    keras_backend: str
+    keras_version: str
+
+    def run_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("model")
+        return data
+
+
+def _filters(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"give whole numbers joined by commas, e.g. 16,48,64,96, not {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from caocrvfy import train as entry  # its docstring is the command's description
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="caocrvfy train", description=entry.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="folder of labelled images (default: synthetic captchas)")
+    g.add_argument("--charset", help=f"characters, ranges allowed (default: {DEFAULT_CHARSET_SPEC} for synthetic, "
+                                     "inferred from the labels for --data)")
+    g.add_argument("--length", type=int, help=f"synthetic captcha length (default {d.length})")
+    g.add_argument("--width", type=int, help=f"synthetic image width (default {d.width})")
+    g.add_argument("--height", type=int,
+                   help=f"synthetic image height (default {d.height}; for --data: 64, width from the images)")
+    g.add_argument("--channels", type=int, choices=(1, 3), help=f"1 grey or 3 colour (default {d.channels})")
+    g.add_argument("--train-size", type=int,
+                   help=f"synthetic training images; with --synthetic stream the ring buffer's size (default {d.train_size})")
+    g.add_argument("--val-size", type=int, help=f"synthetic validation images (default {d.val_size})")
+    g.add_argument("--val-fraction", type=float,
+                   help=f"share of --data held out, chosen by file name (default {d.val_fraction})")
+    g.add_argument("--ignore-case", action="store_true", help="fold labels to lower case")
+    g.add_argument("--synthetic", choices=SYNTHETIC_SOURCES,
+                   help="how synthetic captchas arrive: cache (PNG files under --cache-dir, reused by later runs), "
+                        "memory (drawn into memory each run, 1.5x faster to prepare) or stream (drawn during "
+                        "training by all cores but two, for GPUs) (default cache)")
+    g.add_argument("--cache-dir", help="where synthetic captchas are cached (default $CAOCRVFY_CACHE, else data/ "
+                                       "in a source checkout, else ~/.cache/caocrvfy)")
+    g = p.add_argument_group("model")
+    g.add_argument("--head", choices=HEADS, help=f"output head (default {d.head}; sigmoid is the seed's multi-label form)")
+    g.add_argument("--filters", type=_filters,
+                   help=f"convolution widths, comma-separated (default {','.join(map(str, d.filters))})")
+    g.add_argument("--dense-units", type=int, help=f"column feature width (default {d.dense_units})")
+    g.add_argument("--rnn-units", type=int, help=f"BiGRU units per direction (default {d.rnn_units})")
+    g.add_argument("--column-stride", type=int, choices=COLUMN_STRIDES,
+                   help=f"image columns per CTC step (default {d.column_stride}; 8 halves the work after the "
+                        "first stage)")
+    g.add_argument("--no-attention", dest="attention", action="store_false",
+                   help="drop the channel attention after the last convolution")
+    g.add_argument("--conv-dropout", type=float,
+                   help=f"dropout after the convolutions and the column features (default {d.conv_dropout})")
+    g.add_argument("--head-dropout", type=float, help=f"dropout before the output layer (default {d.head_dropout})")
+    g.add_argument("--augment", choices=("auto", "on", "off"),
+                   help=f"augmentation (default auto: on below {AUGMENT_BELOW} labelled training images)")
+    g.add_argument("--init", help="start from this trained model (run folder or model.keras): its "
+                                  "architecture is used (settings given here win, e.g. --column-stride 4 to finish a "
+                                  "stride-8 model at stride 4) and its weights copied; the output layer is "
+                                  "new when the number of characters differs")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
+    g.add_argument("--batch-size", type=int,
+                   help=f"(default {BATCH}; {SMALL_BATCH} for fewer than {SMALL_SET_BELOW} labelled training images, "
+                        "which need more, smaller steps)")
+    g.add_argument("--learning-rate", type=float, help=f"peak rate after warmup (default {d.learning_rate})")
+    g.add_argument("--warmup-epochs", type=float, help=f"linear warmup (default {d.warmup_epochs})")
+    g.add_argument("--loss", help="loss terms joined by '+': focal, ce (cross-entropy, or plain CTC), dice (soft F1), "
+                                  "tversky; for example focal+dice. dice and tversky need --head softmax or sigmoid "
+                                  f"(default {d.loss})")
+    g.add_argument("--focal-gamma", type=float, help=f"(default {d.focal_gamma})")
+    g.add_argument("--focal-alpha", type=float, help=f"(default {d.focal_alpha})")
+    g.add_argument("--schedule", choices=("plateau", "cosine"),
+                   help="after warmup: ReduceLROnPlateau on validation loss (factor "
+                        f"{PLATEAU_FACTOR}), or cosine decay to the end of --time-limit (or --epochs) (default {d.schedule})")
+    g.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
+    g.add_argument("--plateau-patience", type=int,
+                   help=f"epochs without validation-loss progress before the rate is cut (default {d.plateau_patience})")
+    g.add_argument("--time-limit", type=float,
+                   help="the whole run, drawing and loading the data included, ends within this many minutes, "
+                        "keeping the best model; a resumed run counts the training minutes of its earlier runs "
+                        "(default: none)")
+    g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
+    g.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="run folder (default: models/runs/<time>)")
+    g.add_argument("--resume", help="run folder of an interrupted training to continue")
+    return p
+
+
+RANGES = {  # setting: (lowest, highest, whether the lowest is allowed)
+    "length": (1, None, True), "width": (1, None, True), "height": (1, None, True),
+    "train_size": (1, None, True), "val_size": (1, None, True), "val_fraction": (0.0, 1.0, False),
+    "dense_units": (1, None, True), "rnn_units": (1, None, True), "conv_dropout": (0.0, 0.95, True),
+    "head_dropout": (0.0, 0.95, True), "epochs": (1, None, True), "batch_size": (1, None, True),
+    "learning_rate": (0.0, None, False), "warmup_epochs": (0.0, None, True), "time_limit": (0.0, None, False),
+    "patience": (1, None, True), "plateau_patience": (1, None, True),
+}
+BUDGET = ("epochs", "time_limit", "patience")  # what --resume lets a user change
+
+
+def check_ranges(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
+    """One clear message for a setting out of range, before anything is drawn or built."""
+    for name, (low, high, low_ok) in RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high is not None else "")
+            parser.error(f"--{name.replace('_', '-')} must be {bound}, not {value}")
+    if any(f <= 0 for f in cfg.filters):
+        parser.error(f"--filters must be positive widths, not {','.join(map(str, cfg.filters))}")
+
+
+_UNSET = object()
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """The command line as a TrainConfig; with --resume, the run's saved settings (the budget
+    given here wins)."""
+    parser = build_parser()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"given"}
+    # Pre-filled with a marker, the namespace tells the settings named on the command line apart.
+    named = vars(parser.parse_args(argv if argv is not None else sys.argv[1:],
+                                   namespace=argparse.Namespace(**dict.fromkeys(fields, _UNSET))))
+    named = {k: v for k, v in named.items() if v is not _UNSET}
+    if "resume" in named:
+        try:
+            saved = read_config(Path(named["resume"]) / "config.json")
+        except DataError as exc:
+            parser.error(f"--resume {named['resume']}: {exc}")
+        cfg = dataclasses.replace(TrainConfig.from_json(saved["training"]), resume=named["resume"],
+                                  out=named["resume"], **{k: named[k] for k in BUDGET if k in named})
+    else:
+        cfg = TrainConfig(**named, given=tuple(name for name in ARCHITECTURE if name in named))
+    check_ranges(parser, cfg)
+    return cfg
+
+
+def saved_config_json(cfg: TrainConfig, plan: RunPlan) -> str:
+    """config.json's text: version, model, training and run sections."""
+    from caocrvfy.model_config import VERSION
+
+    return json.dumps({"version": VERSION, "model": plan.model.to_json(), "training": cfg.to_json(),
+                       "run": plan.run_json()}, indent=2)

@@ -1,0 +1,97 @@
+"""The data of one training run: a labelled folder, or synthetic captchas cached, drawn into
+memory or streamed, as uint8 images and 1-based padded labels."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from caocrvfy import locations
+from caocrvfy.data import folders, synthetic
+from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, encode_labels, parse_charset
+from caocrvfy.errors import DataError
+from caocrvfy.model_config import ModelConfig
+from caocrvfy.training.config import STREAM_MIN_CAPACITY, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Arrays as (uint8 images, 1-based padded indices); `stream` instead of `train` when
+    captchas are drawn during training."""
+
+    train: tuple[np.ndarray, np.ndarray] | None
+    val: tuple[np.ndarray, np.ndarray]
+    charset: str
+    max_length: int
+    fixed_length: bool
+    height: int
+    width: int
+    train_images: int
+    stream: synthetic.SyntheticStream | None = None
+
+
+def stream_workers() -> int:
+    """Drawing processes for --synthetic stream: every core but two (the trainer and its feeder)."""
+    return max(1, (os.cpu_count() or 1) - 2)
+
+
+def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None) -> TrainingData:
+    """Reads or draws the run's data; `saved` (a resumed run's model) fixes the input size,
+    character set and length."""
+    if cfg.data:
+        return _labelled(cfg, channels, saved)
+    spec = synthetic.CaptchaSpec(parse_charset(cfg.charset or DEFAULT_CHARSET_SPEC), cfg.length, cfg.width, cfg.height)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else locations.cache_dir()
+
+    def drawn(split: str, count: int):
+        if cfg.synthetic != "cache":
+            images, labels = synthetic.draw_arrays(count, spec, channels)
+            return images, encode_labels(labels, spec.charset, spec.length)
+        folder = synthetic.generate(synthetic.cache_folder(cache_dir, spec, split), count, spec)
+        found = folders.read_folder(folder, charset=spec.charset, length=spec.length)
+        chosen = folders.LabelledSet(found.root, found.paths[:count], found.labels[:count], spec.charset)
+        images, labels, _ = folders.load_images(chosen, spec.height, spec.width, channels, dedupe=False)
+        return images, encode_labels(labels, spec.charset, spec.length)
+
+    val = drawn("val", cfg.val_size)
+    stream = train = None
+    if cfg.synthetic == "stream":
+        stream = synthetic.SyntheticStream(spec, channels, max(cfg.train_size, STREAM_MIN_CAPACITY), stream_workers(),
+                                           initial=cfg.train_size)
+    else:
+        train = drawn("train", cfg.train_size)
+    return TrainingData(train, val, spec.charset, spec.length, True, spec.height, spec.width, cfg.train_size, stream)
+
+
+def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None) -> TrainingData:
+    charset = parse_charset(cfg.charset) if cfg.charset else None
+    found = folders.read_folder(cfg.data, charset=charset, ignore_case=cfg.ignore_case)
+    if saved is not None:
+        height, width = saved.height, saved.width
+    elif found.manifest:
+        height, width = found.manifest["height"], found.manifest["width"]
+    else:
+        height, width = folders.choose_input_size(found.paths, height=64)
+    images, labels, paths = folders.load_images(found, height, width, channels)
+    found.report_skipped()
+    charset = saved.charset if saved is not None else found.charset
+    max_length = saved.max_length if saved is not None else max(len(s) for s in labels)
+    fixed = len({len(s) for s in labels}) == 1
+    val = np.array([folders.is_validation(p.name, cfg.val_fraction) for p in paths])
+    if val.all() or not val.any():  # tiny folders: keep at least one image on each side
+        if len(paths) < 2:
+            raise DataError(f"{cfg.data} has {len(paths)} usable labelled image(s): training needs at least 2, "
+                            "one to learn from and one to validate on; add labelled images.")
+        val = np.zeros(len(paths), bool)
+        val[:: max(2, int(round(1 / max(cfg.val_fraction, 1e-3))))] = True
+    y = encode_labels(labels, charset, max_length)
+    log.info(f"{cfg.data}: {len(paths)} images ({(~val).sum()} train, {val.sum()} validation), "
+             f"{len(found.skipped)} skipped, lengths {sorted({len(s) for s in labels})}, character set {charset!r}")
+    return TrainingData((images[~val], y[~val]), (images[val], y[val]), charset, max_length, fixed, height, width,
+                        int((~val).sum()))

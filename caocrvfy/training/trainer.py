@@ -1,0 +1,219 @@
+"""One training run, start to finish: it only orchestrates the pieces of `caocrvfy.training`.
+
+Writes model.keras (best by validation full-match), config.json, history.csv, curves.png and
+metrics.json into the run folder, and last.keras plus state.json after every epoch for --resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from caocrvfy import locations
+from caocrvfy.errors import DataError
+from caocrvfy.model_config import ModelConfig, model_config_of, read_config
+from caocrvfy.training import callbacks as cb
+from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
+                                      PLATEAU_FACTOR, SMALL_BATCH, SMALL_SET_BELOW, RunPlan, TrainConfig,
+                                      saved_config_json)
+from caocrvfy.training.datasets import TrainingData, load_data
+
+log = logging.getLogger(__name__)
+
+FINISH_MINUTES = 0.75  # after the time limit: the cut epoch's validation, saving, the curves, the final scores
+
+
+def training_minutes(cfg: TrainConfig, used: float, trained: float = 0.0) -> float | None:
+    """The training budget in minutes, earlier runs of a resumed one included: what --time-limit
+    leaves after the `used` minutes of drawing, loading and building in this run, less the time the
+    run needs to finish; `trained`: minutes trained before a --resume."""
+    if not cfg.time_limit:
+        return None
+    left = cfg.time_limit - trained - used - FINISH_MINUTES
+    if left <= 0:
+        raise DataError(f"preparing the run took {used:.1f} of the {cfg.time_limit:g} minutes of --time-limit"
+                        f"{f' ({trained:.1f} trained before)' if trained else ''}, leaving none for training: "
+                        "give more minutes or a smaller --train-size.")
+    log.info(f"{used:.1f} min used before training: training stops after {left:.1f} min (--time-limit {cfg.time_limit:g})")
+    return trained + left
+
+
+def plan_run(cfg: TrainConfig, data: TrainingData, architecture: dict, saved: ModelConfig | None,
+             device: str, gpu: bool) -> RunPlan:
+    """Resolves the model and the batches from the settings, the data and the device."""
+    import keras
+
+    if saved is not None:  # a resumed run keeps its model
+        model = saved
+    else:
+        head = cfg.head
+        if not data.fixed_length and head != "ctc":
+            log.info("labels have different lengths: using the CTC head")
+            head = "ctc"
+        augment = cfg.augment == "on" or (cfg.augment == "auto" and cfg.data is not None
+                                          and data.train_images < AUGMENT_BELOW)
+        model = ModelConfig(charset=data.charset, max_length=data.max_length, fixed_length=data.fixed_length,
+                            head=head, height=data.height, width=data.width, augment=augment,
+                            conv_dropout=cfg.conv_dropout, head_dropout=cfg.head_dropout,
+                            ignore_case=cfg.ignore_case, **architecture).check("the training settings")
+    batch_size = cfg.batch_size or (SMALL_BATCH if cfg.data is not None and data.train_images < SMALL_SET_BELOW
+                                    else BATCH)
+    # On TensorFlow, XLA is off (slower on a 2-core CPU); JAX without jit runs op by op.
+    backend = keras.backend.backend()
+    return RunPlan(model=model, batch_size=batch_size, steps_per_epoch=max(1, -(-data.train_images // batch_size)),
+                   steps_per_execution=GPU_STEPS_PER_EXECUTION if gpu else 1, jit_compile=backend != "tensorflow",
+                   train_images=data.train_images, val_images=len(data.val[0]), device=device,
+                   keras_backend=backend, keras_version=keras.__version__)
+
+
+def _model_for(cfg: TrainConfig, plan: RunPlan, state: dict, run_dir: Path, init_source):
+    """The compiled model and the epoch to start from: the last checkpoint on --resume, else
+    a new model (with --init's weights where they fit)."""
+    import keras
+
+    from caocrvfy.model_enhanced import allow_jit_on_jax, build_model
+    from caocrvfy.training.compile import compile_model
+    from caocrvfy.training.warm_start import transfer_weights
+
+    if state:
+        log.info(f"resuming after epoch {state['epoch']} at learning rate {state['learning_rate']:.2e}")
+        model = keras.models.load_model(run_dir / "last.keras")
+        allow_jit_on_jax(model)
+        model.jit_compile = plan.jit_compile
+        model.steps_per_execution = plan.steps_per_execution
+        return model, state["epoch"]
+    model = build_model(plan.model)
+    if init_source is not None:
+        copied = transfer_weights(init_source, model)
+        log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
+    compile_model(model, cfg.learning_rate, jit_compile=plan.jit_compile,
+                  steps_per_execution=plan.steps_per_execution, **loss_options(cfg))
+    return model, 0
+
+
+def loss_options(cfg: TrainConfig) -> dict:
+    return dict(loss=cfg.loss, focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Runs one training and returns the run folder."""
+    import keras
+
+    from caocrvfy.data.pipeline import StreamBatches, make_dataset
+    from caocrvfy.training.compile import compile_model
+    from caocrvfy.training.curves import plot_curves
+    from caocrvfy.training.distribute import (describe_device, distribution_strategy, on_gpu,
+                                              patch_keras_for_multi_worker)
+    from caocrvfy.startup import captured_native_stderr
+    from caocrvfy.training.warm_start import architecture, read_init
+
+    started = time.monotonic()
+    if os.environ.get("TF_CONFIG") and (cfg.time_limit or not cfg.out):
+        # Each worker would read its own clock and stop at a different step, leaving the others
+        # waiting for it; and each would name its own default run folder.
+        raise DataError("with TF_CONFIG (several workers) give --out, the same on every worker, and stop by "
+                        "--epochs rather than --time-limit.")
+    # Multi-worker set-up must come before TensorFlow runs anything else; looking for devices is
+    # when TensorFlow prints its native start-up lines (caocrvfy.startup).
+    with captured_native_stderr():
+        strategy, is_chief, worker, note = distribution_strategy()
+        device, gpu = describe_device(), on_gpu()
+    if note:
+        log.info(note)
+    chief_dir = Path(cfg.out or locations.runs_dir() / time.strftime("%Y%m%d-%H%M%S"))
+    # Other workers write their copies to a scratch folder, removed at the end; all resume from the chief's.
+    run_dir = chief_dir if is_chief else chief_dir / f".worker-{worker}"
+    state_path = chief_dir / "state.json"
+    state = json.loads(state_path.read_text()) if cfg.resume and state_path.exists() else {}
+    if cfg.resume and not state:
+        raise DataError(f"{chief_dir} has no state.json: nothing to resume; start a new training instead.")
+    saved = model_config_of(read_config(chief_dir / "config.json")) if state else None
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    log.info(f"training on {device}; run folder {run_dir}")
+
+    init_source, init_config = read_init(cfg) if cfg.init and not state else (None, None)
+    chosen = architecture(cfg, init_config)
+    data = load_data(cfg, channels=saved.channels if saved else chosen["channels"], saved=saved)
+    plan = plan_run(cfg, data, chosen, saved, device, gpu)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model, initial_epoch = _model_for(cfg, plan, state, chief_dir, init_source)
+    if strategy is not None and os.environ.get("TF_CONFIG"):
+        patch_keras_for_multi_worker(model)
+    (run_dir / "config.json").write_text(saved_config_json(cfg, plan))
+    log.info(f"model {model.name}: {model.count_params():,} parameters, input {plan.model.input_shape}, "
+             f"{plan.model.num_classes} characters, up to {plan.model.max_length} per captcha, "
+             f"augmentation {'on' if plan.model.augment else 'off'}")
+
+    head, classes = plan.model.head, plan.model.num_classes
+    if data.stream:
+        data.stream.wait_ready()
+        train_ds = StreamBatches(data.stream, head, classes, plan.batch_size, plan.steps_per_epoch)
+    else:
+        train_ds = make_dataset(*data.train, head, classes, plan.batch_size, shuffle=True, seed=cfg.seed)
+    val_ds = make_dataset(*data.val, head, classes, plan.batch_size * 2, shuffle=False)
+
+    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=cfg.patience,
+                                      restore_best_weights=is_chief, state=state.get("early_stopping"),
+                                      best_model=run_dir / "model.keras")
+    plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=cfg.plateau_patience,
+                                            min_lr=MIN_LEARNING_RATE, state=state.get("plateau"))
+    warmup_steps = int(cfg.warmup_epochs * plan.steps_per_epoch)
+    # The time limit counts the training of earlier runs of a resumed one.
+    trained = state.get("trained_seconds", 0.0)
+    budget = training_minutes(cfg, (time.monotonic() - started) / 60, trained / 60)
+    schedule = [plateau]
+    if cfg.schedule == "cosine":
+        schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, cfg.epochs,
+                                      plan.steps_per_epoch, budget, already=trained)]
+    callbacks = [
+        cb.LinearWarmup(cfg.learning_rate, warmup_steps),
+        *schedule,
+        cb.TimeLimit(budget, already=trained),
+        cb.EpochLog(cfg.epochs),
+        early,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
+        cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
+                       trained_seconds=trained),
+    ]
+    interrupted = False
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=plan.steps_per_epoch if data.stream else None, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # the pipelines shuffle
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning(f"interrupted: the last finished epoch is saved; continue with --resume {run_dir}")
+    finally:
+        if data.stream:
+            data.stream.close()
+    if not is_chief:  # the chief writes the run folder; this worker's copy was scratch
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if interrupted:
+            raise KeyboardInterrupt
+        return chief_dir
+
+    if (run_dir / "history.csv").exists():
+        plot_curves(run_dir / "history.csv", run_dir / "curves.png", cfg.warmup_epochs, plateau.reductions)
+    if not (run_dir / "model.keras").exists():
+        raise DataError(f"no epoch finished, so {run_dir} holds no model; run again.")
+    # The shipped file keeps weights and architecture only: no optimizer state, a third the size.
+    best = keras.models.load_model(run_dir / "model.keras", compile=False)
+    cb.save_model_atomic(best, run_dir / "model.keras")
+    compile_model(best, cfg.learning_rate, jit_compile=plan.jit_compile, **loss_options(cfg))
+    scores = best.evaluate(val_ds, verbose=0, return_dict=True)
+    metrics = {k: float(v) for k, v in scores.items()} | {"count": int(len(data.val[0])), "set": "validation"}
+    cb.write_json_atomic(metrics, run_dir / "metrics.json")
+    log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
+             f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
+             f"-> {run_dir / 'model.keras'}")
+    if interrupted:
+        raise KeyboardInterrupt
+    return chief_dir
