@@ -121,6 +121,13 @@ def _serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
+    from caocrvfy.data.synthetic import CaptchaSpec
+    from caocrvfy.inference.export import FORMATS
+    from caocrvfy.inference.predictor import PREDICT_BATCH
+    from caocrvfy.serving.requests import Limits
+
+    spec, limits = CaptchaSpec(), Limits()
     p = argparse.ArgumentParser(prog="caocrvfy", description="Train and use captcha readers.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true",
@@ -128,10 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", parents=[common], help="make labelled captchas with the captcha library")
-    g.add_argument("--charset", default="0-9a-zA-Z", help="characters, ranges allowed (default 0-9a-zA-Z)")
-    g.add_argument("--length", type=int, default=6, help="characters per captcha (default 6)")
-    g.add_argument("--width", type=int, default=160, help="(default 160)")
-    g.add_argument("--height", type=int, default=60, help="(default 60)")
+    g.add_argument("--charset", default=DEFAULT_CHARSET_SPEC,
+                   help=f"characters, ranges allowed (default {DEFAULT_CHARSET_SPEC})")
+    g.add_argument("--length", type=int, default=spec.length, help=f"characters per captcha (default {spec.length})")
+    g.add_argument("--width", type=int, default=spec.width, help=f"(default {spec.width})")
+    g.add_argument("--height", type=int, default=spec.height, help=f"(default {spec.height})")
     g.add_argument("--count", type=int, default=1000, help="images wanted in the folder (default 1000)")
     g.add_argument("--out", help="folder (default data/captcha-LxN-WxH); an existing one is topped up")
     g.add_argument("--workers", type=int, help="processes (default: every CPU core)")
@@ -143,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("inputs", nargs="+", help="image files or folders")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
-    g.add_argument("--batch-size", type=int, default=256, help="(default 256)")
+    g.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help=f"images per model call (default {PREDICT_BATCH})")
     g.set_defaults(func=_predict)
 
     g = sub.add_parser("evaluate", parents=[common], help="accuracy on a labelled folder")
@@ -157,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("export", parents=[common], help="export a model as SavedModel, ONNX or TFLite (see docs/export.md)")
     g.add_argument("--model", help="run folder or model.keras (default: the shipped 6x62 model)")
-    g.add_argument("--format", required=True, choices=("savedmodel", "onnx", "tflite"), help="what to write")
+    g.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     g.add_argument("--out", help="file or folder (default: model.onnx, model.tflite or savedmodel/ beside the model)")
     g.set_defaults(func=_export)
 
@@ -165,11 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="(default 8000)")
-    g.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
-                   help="larger requests get 413 (default 8 MiB)")
-    g.add_argument("--max-images", type=int, default=64, help="images per request (default 64)")
-    g.add_argument("--max-pixels", type=int, default=4_000_000,
-                   help="width x height per image, checked before decoding (default 4000000)")
+    g.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                   help=f"larger requests get 413 (default {limits.max_body_bytes})")
+    g.add_argument("--max-images", type=int, default=limits.max_images,
+                   help=f"images per request (default {limits.max_images})")
+    g.add_argument("--max-pixels", type=int, default=limits.max_pixels,
+                   help=f"width x height per image, checked before decoding (default {limits.max_pixels})")
     g.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="how long the model waits to gather concurrent requests into one batch; 0 reads together "
                         "only what arrived while it was busy (default 0)")

@@ -6,7 +6,10 @@ import keras
 from keras import ops
 
 
-def binary_focal_loss(y_true, y_pred, gamma=2.0, alpha=0.25, from_logits=False, label_smoothing=0.0):
+GAMMA, ALPHA = 2.0, 0.25  # Lin et al.'s defaults, and the seed's
+
+
+def binary_focal_loss(y_true, y_pred, gamma=GAMMA, alpha=ALPHA, from_logits=False, label_smoothing=0.0):
     """Element-wise focal loss averaged over the last axis.
 
     alpha weighs positives and (1 - alpha) negatives, as Keras's
@@ -37,7 +40,7 @@ def binary_focal_loss(y_true, y_pred, gamma=2.0, alpha=0.25, from_logits=False, 
 class BinaryFocalLoss(keras.losses.Loss):
     """Focal loss for sigmoid outputs: easy, confident outputs count less than hard ones."""
 
-    def __init__(self, gamma=2.0, alpha=0.25, from_logits=False, label_smoothing=0.0,
+    def __init__(self, gamma=GAMMA, alpha=ALPHA, from_logits=False, label_smoothing=0.0,
                  name="binary_focal_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.gamma = gamma

@@ -3,7 +3,8 @@
 Both work from a source checkout and from an installed package, and an environment variable
 overrides each:
 - `CAOCRVFY_MODELS`: the folder holding the shipped models (`captcha-6x62`, ...). Default: the
-  checkout's `models/`, else `<prefix>/share/caocrvfy/models` where pip installs them.
+  checkout's `models/`, else `share/caocrvfy/models` where pip installed them (pyproject.toml's
+  data-files: under the environment's prefix, or the user base, or the --target folder).
 - `CAOCRVFY_CACHE`: where `caocrvfy train` caches synthetic captchas (`--cache-dir` overrides
   it). Default: the checkout's `data/`, else `$XDG_CACHE_HOME/caocrvfy` (`~/.cache/caocrvfy`).
 """
@@ -11,6 +12,7 @@ overrides each:
 from __future__ import annotations
 
 import os
+import site
 import sys
 from pathlib import Path
 
@@ -27,12 +29,17 @@ def checkout_root() -> Path | None:
 
 
 def models_dir() -> Path:
+    """The first of: $CAOCRVFY_MODELS, the checkout's models/, and where pip puts the package's
+    data files (the environment's prefix, the user's base with --user, beside the package with
+    --target)."""
     if os.environ.get("CAOCRVFY_MODELS"):
         return Path(os.environ["CAOCRVFY_MODELS"])
     root = checkout_root()
     if root is not None and (root / "models").is_dir():
         return root / "models"
-    return Path(sys.prefix) / "share" / "caocrvfy" / "models"
+    installed = [Path(base) / "share" / "caocrvfy" / "models" for base in (sys.prefix, site.USER_BASE or "",
+                                                                           _PACKAGE.parent) if base]
+    return next((p for p in installed if p.is_dir()), installed[0])
 
 
 def default_model() -> Path:

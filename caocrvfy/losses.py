@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from caocrvfy.focal_loss import ALPHA, GAMMA, binary_focal_loss
+
 
 def focal_ctc(y_true, y_pred, gamma=0.0, alpha=1.0):
     """Keras's CTC loss on softmax outputs, weighted as alpha (1 - e^-L)^gamma L.
@@ -62,12 +64,13 @@ def parse_loss(spec: str, weights=None) -> tuple[tuple[str, ...], tuple[float, .
     return terms, weights
 
 
-def term_loss(term: str, head: str, gamma: float = 2.0, alpha: float = 0.25, label_smoothing: float = 0.0,
-              tversky_alpha: float = 0.7, tversky_beta: float = 0.3):
+TVERSKY_ALPHA, TVERSKY_BETA = 0.7, 0.3  # missed characters weigh more than spurious ones
+
+
+def term_loss(term: str, head: str, gamma: float = GAMMA, alpha: float = ALPHA, label_smoothing: float = 0.0,
+              tversky_alpha: float = TVERSKY_ALPHA, tversky_beta: float = TVERSKY_BETA):
     """One term as a function (y_true, y_pred) -> values per position (batch, positions) for
     `focal` and `ce`, per captcha (batch,) for `dice` and `tversky`."""
-    from caocrvfy.focal_loss import binary_focal_loss
-
     if term == "focal" and head == "sigmoid":
         return lambda y, p: binary_focal_loss(y, p, gamma, alpha, label_smoothing=label_smoothing)
     if term == "focal":
@@ -95,8 +98,8 @@ class PositionLoss(keras.losses.Loss):
     terms at each position by the weight of its true character.
     """
 
-    def __init__(self, head="softmax", terms=("focal",), weights=(1.0,), gamma=2.0, alpha=0.25,
-                 label_smoothing=0.0, tversky_alpha=0.7, tversky_beta=0.3, class_weights=None,
+    def __init__(self, head="softmax", terms=("focal",), weights=(1.0,), gamma=GAMMA, alpha=ALPHA,
+                 label_smoothing=0.0, tversky_alpha=TVERSKY_ALPHA, tversky_beta=TVERSKY_BETA, class_weights=None,
                  name="position_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.head, self.terms, self.weights = head, tuple(terms), tuple(float(w) for w in weights)

@@ -269,3 +269,20 @@ def test_jax_batches_are_padded_to_powers_of_two():
     from caocrvfy.inference.predictor import bucket
 
     assert [bucket(n) for n in (0, 1, 2, 3, 5, 128, 129, 256)] == [1, 1, 2, 4, 8, 128, 256, 256]
+
+
+@pytest.mark.slow
+def test_commands_print_no_tensorflow_start_up_lines_unless_verbose(trained_run, images):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "caocrvfy", "predict", "--model", str(trained_run), str(images[0])]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout.count("\t") == 2
+    assert quiet.stderr == ""  # no oneDNN, cuda or absl lines
+    loud = subprocess.run(command + ["--verbose"], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and "oneDNN" in loud.stderr
+    # A mistake of the user's is still one line.
+    wrong = subprocess.run(command[:5] + [str(trained_run / "missing")] + command[6:], capture_output=True,
+                           text=True, timeout=300)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "does not exist" in wrong.stderr

@@ -8,12 +8,12 @@ from caocrvfy.data.charset import fold_case
 from caocrvfy.data.folders import read_folder
 from caocrvfy.errors import DataError
 from caocrvfy.evaluation.scores import char_accuracy, full_match
-from caocrvfy.inference.predictor import Predictor
+from caocrvfy.inference.predictor import PREDICT_BATCH, Predictor
 from caocrvfy.progress import Progress
 
 
 def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False,
-                         batch_size: int = 256, progress: bool = False):
+                         batch_size: int = PREDICT_BATCH, progress: bool = False):
     """Reads a labelled folder (labels as `read_folder`): (truth, prediction, confidence) records,
     their image paths, and the skipped items with reasons. Case-folded when asked or when the
     model was trained with --ignore-case."""

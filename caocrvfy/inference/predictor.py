@@ -110,7 +110,7 @@ class Predictor:
             return []
         return decode_outputs(outputs, self.head, self.charset, self.length)
 
-    def predict(self, images: list, batch_size: int = 256) -> list[Prediction]:
+    def predict(self, images: list, batch_size: int = PREDICT_BATCH) -> list[Prediction]:
         """Reads each image; raises DataError naming the first one that cannot be decoded."""
         arrays = []
         for image in images:
@@ -121,7 +121,7 @@ class Predictor:
                 raise DataError(f"{name} cannot be read as an image ({exc}).") from exc
         return self.predict_arrays(np.stack(arrays) if arrays else np.zeros((0,)), batch_size)
 
-    def predict_files(self, paths: list[Path], batch_size: int = 256):
+    def predict_files(self, paths: list[Path], batch_size: int = PREDICT_BATCH):
         """Yields (path, Prediction or None, error or None) for every file, in batches; a file
         that cannot be decoded gets its error and the rest are still read."""
         for start in range(0, len(paths), batch_size):

@@ -104,7 +104,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
     # The batcher thread only runs the model; each request turns its own outputs into text in a
     # worker thread, so the next model call need not wait for the decoding of the last one.
     batcher = None if batch_window_ms is None else MicroBatcher(
-        predictor.outputs, max_batch=max(limits.max_images, 256), window_s=batch_window_ms / 1000)
+        predictor.outputs, max_batch=max(limits.max_images, PREDICT_BATCH), window_s=batch_window_ms / 1000)
 
     async def read(arrays: list[np.ndarray]):
         if batcher is None:

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from caocrvfy.inference.predictor import PREDICT_BATCH
+
 
 class MicroBatcher:
     """Runs the model for many requests at once: one thread takes the images of every request
@@ -15,7 +17,7 @@ class MicroBatcher:
     requests that arrive while the model is busy are read together in its next call.
     """
 
-    def __init__(self, predict_arrays, max_batch: int = 256, window_s: float = 0.0):
+    def __init__(self, predict_arrays, max_batch: int = PREDICT_BATCH, window_s: float = 0.0):
         self.predict_arrays, self.max_batch, self.window_s = predict_arrays, max_batch, window_s
         self.jobs: queue.Queue = queue.Queue()
         self.calls = self.images = 0  # model calls and images read, for /model and tests

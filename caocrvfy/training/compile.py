@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import keras
 
-from caocrvfy.focal_loss import BinaryFocalLoss
-from caocrvfy.losses import FocalCTCLoss, PositionLoss, parse_loss, term_metrics
+from caocrvfy.focal_loss import ALPHA, GAMMA, BinaryFocalLoss
+from caocrvfy.losses import TVERSKY_ALPHA, TVERSKY_BETA, FocalCTCLoss, PositionLoss, parse_loss, term_metrics
 from caocrvfy.metrics import metrics_for
 from caocrvfy.model_enhanced import allow_jit_on_jax, model_head
 
 DEFAULT_LEARNING_RATE = 0.0012  # the seed's initial rate
 
 
-def make_loss(head: str, loss: str = "focal", loss_weights=None, focal_gamma: float = 2.0,
-              focal_alpha: float = 0.25, label_smoothing: float = 0.0, class_weights=None,
-              tversky_alpha: float = 0.7, tversky_beta: float = 0.3) -> keras.losses.Loss:
+def make_loss(head: str, loss: str = "focal", loss_weights=None, focal_gamma: float = GAMMA,
+              focal_alpha: float = ALPHA, label_smoothing: float = 0.0, class_weights=None,
+              tversky_alpha: float = TVERSKY_ALPHA, tversky_beta: float = TVERSKY_BETA) -> keras.losses.Loss:
     """The head's loss. `loss` names terms joined by '+' (focal, ce, dice, tversky) with
     `loss_weights`. One plain term gives the product's own classes (BinaryFocalLoss, Keras's
     categorical focal, FocalCTCLoss); sums, Dice/Tversky and class weights give a `PositionLoss`."""

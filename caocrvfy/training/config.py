@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from caocrvfy import focal_loss
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ARCHITECTURE, COLUMN_STRIDES, HEADS, ModelConfig, read_config
@@ -63,8 +64,8 @@ class TrainConfig:
     learning_rate: float = DEFAULT_LEARNING_RATE
     warmup_epochs: float = 2.0
     loss: str = "focal"
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
+    focal_gamma: float = focal_loss.GAMMA
+    focal_alpha: float = focal_loss.ALPHA
     schedule: str = "plateau"
     patience: int = 35
     plateau_patience: int = 8
