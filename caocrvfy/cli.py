@@ -51,8 +51,8 @@ def _predict(args) -> int:
         else:
             print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}")
     if failures:
-        log.error(f"{failures} of {len(paths)} file(s) could not be read (listed above)")
-    return 1 if failures == len(paths) else 0
+        log.error(f"{failures} of {len(paths)} file(s) could not be read (listed above); the others were read")
+    return 1 if failures else 0
 
 
 def _evaluate(args) -> int:
@@ -120,6 +120,16 @@ def _serve(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
     from caocrvfy.data.synthetic import CaptchaSpec
@@ -147,11 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model (see `caocrvfy train --help`)", add_help=False)
 
-    g = sub.add_parser("predict", parents=[common], help="read captchas with a saved model")
+    g = sub.add_parser("predict", parents=[common], help="read captchas with a saved model",
+                       description="Reads every file; exits 0 when all were read, 1 when any could not be read "
+                                   "(each is listed, the others are still read), 2 for a mistake such as a bad model.")
     g.add_argument("inputs", nargs="+", help="image files or folders")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
-    g.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help=f"images per model call (default {PREDICT_BATCH})")
+    g.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH,
+                   help=f"images per model call (default {PREDICT_BATCH})")
     g.set_defaults(func=_predict)
 
     g = sub.add_parser("evaluate", parents=[common], help="accuracy on a labelled folder")

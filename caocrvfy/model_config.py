@@ -101,6 +101,19 @@ class ModelConfig:
                 bad(name, "must be at least 0 and below 1")
         return self
 
+    def check_outputs(self, shape: tuple, source: str, model: str) -> None:
+        """Raises DataError when a model's output shape (batch, steps or positions, classes) does
+        not fit this config: another number of characters, or positions for a length."""
+        classes = shape[-1] if shape else None
+        want = self.num_classes + (1 if self.head == "ctc" else 0)
+        if isinstance(classes, int) and classes != want:
+            raise DataError(f"{source}: charset has {self.num_classes} characters but {model} reads "
+                            f"{classes - (1 if self.head == 'ctc' else 0)}: use the config.json saved with this model.")
+        positions = shape[-2] if len(shape) >= 3 else None
+        if self.head != "ctc" and isinstance(positions, int) and positions != self.max_length:
+            raise DataError(f"{source}: max_length is {self.max_length} but {model} reads {positions} positions: "
+                            "use the config.json saved with this model.")
+
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
         data["filters"] = list(self.filters)

@@ -102,6 +102,28 @@ def build_model(config: ModelConfig | None = None, **fields) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"caocrvfy_{head}")
 
 
+def load_saved_model(path, compile: bool = False) -> keras.Model:
+    """A saved .keras reader, or one sentence naming the file and what is wrong with it: not a
+    .keras archive (truncated or corrupt), code that Keras's safe mode refuses to run (a Lambda
+    layer; caocrvfy never turns safe mode off), or not a model Keras can rebuild."""
+    import zipfile
+
+    from caocrvfy.errors import DataError
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .keras file (not a zip archive): it may be truncated or corrupt; "
+                        "copy it again or give the model.keras written by `caocrvfy train`.")
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
+            raise DataError(f"{path} holds Python code (such as a Lambda layer) that Keras's safe mode refuses to "
+                            "load, and caocrvfy never runs it: use a model written by `caocrvfy train`.") from exc
+        raise DataError(f"{path} is not a caocrvfy model Keras can load ({type(exc).__name__}: {first}); "
+                        "give the model.keras written by `caocrvfy train`.") from exc
+
+
 def model_head(model: keras.Model) -> str:
     """Which head a built or loaded model has, read from its output layer's name."""
     name = model.layers[-1].name

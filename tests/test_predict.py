@@ -164,10 +164,10 @@ def test_load_a_file_that_is_not_a_model(trained_run, tmp_path):
     shutil.copy(trained_run / "config.json", tmp_path / "config.json")
     fake = tmp_path / "model.keras"
     fake.write_bytes(b"this is not a zip file")
-    with pytest.raises(DataError, match="is not a caocrvfy model") as err:
+    with pytest.raises(DataError, match="is not a .keras file") as err:
         Predictor.load(fake)
     assert str(fake) in str(err.value)
-    with pytest.raises(DataError, match="is not a caocrvfy model"):
+    with pytest.raises(DataError, match="is not a .keras file"):
         Predictor.load(tmp_path)  # the folder form finds the same file
 
 
@@ -231,7 +231,8 @@ def test_cli_predict_prints_file_text_confidence(trained_run, images, capsys):
 def test_cli_predict_json_and_a_bad_file(trained_run, images, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG broken")
-    assert cli_main(["predict", "--model", str(trained_run), "--json", str(images[0]), str(bad), str(images[1])]) == 0
+    # Every file is read, and the exit status says that one could not be.
+    assert cli_main(["predict", "--model", str(trained_run), "--json", str(images[0]), str(bad), str(images[1])]) == 1
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["file"] for r in records] == [str(images[0]), str(bad), str(images[1])]
     assert "cannot be read as an image" in records[1]["error"]

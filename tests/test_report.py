@@ -197,6 +197,7 @@ class FakeReader:
 
     path = Path("models/fake/model.keras")
     charset = "abc"
+    length = None  # labels of any length
     ignore_case = False
 
     def predict_files(self, paths, batch_size=256):

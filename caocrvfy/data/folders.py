@@ -50,6 +50,29 @@ def _label_from_name(name: str) -> str:
     return re.split(r"[_.]", name, maxsplit=1)[0]
 
 
+def _read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(file, label) pairs of labels.csv, and (item, reason) for the rows that cannot be used:
+    a row without both columns, or a file listed again (the first row wins)."""
+    pairs, problems, first_row = [], [], {}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read as a UTF-8 CSV file ({exc}); write it as file,label rows.") from exc
+    for number, row in enumerate(rows, start=1):
+        if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "label"]):
+            continue
+        name = row[0].strip()
+        if len(row) < 2 or not name:
+            problems.append((name or f"labels.csv row {number}", f"labels.csv row {number} needs two columns, file,label"))
+        elif name in first_row:
+            problems.append((name, f"listed again in labels.csv row {number} (row {first_row[name]} is used)"))
+        else:
+            first_row[name] = number
+            pairs.append((name, row[1].strip()))
+    return pairs, problems
+
+
 def read_folder(
     root: str | Path,
     charset: str | None = None,
@@ -67,11 +90,9 @@ def read_folder(
     manifest = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
     csv_path = root / "labels.csv"
     pairs: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
     if csv_path.exists():
-        with csv_path.open(newline="", encoding="utf-8") as fh:
-            for row in csv.reader(fh):
-                if len(row) >= 2 and row[0] != "file":
-                    pairs.append((row[0].strip(), row[1].strip()))
+        pairs, problems = _read_labels_csv(csv_path)
     else:
         names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         pairs = [(name, _label_from_name(name)) for name in names]
@@ -80,8 +101,13 @@ def read_folder(
     if charset is None and manifest and not ignore_case:
         charset = manifest["charset"]
     out = LabelledSet(root, [], [], charset or "", manifest=manifest)
+    for name, reason in problems:
+        out.skip(name, reason)
+    inside = root.resolve()
     for name, label in pairs:
-        if not label:
+        if Path(name).is_absolute() or not (root / name).resolve().is_relative_to(inside):
+            out.skip(name, "refused: labels.csv may only name files inside the folder (no absolute or ../ paths)")
+        elif not label:
             out.skip(name, "empty label")
         elif charset and set(label) - set(charset):
             bad = "".join(sorted(set(label) - set(charset)))

@@ -7,22 +7,60 @@ so that training, prediction, export and serving share one preprocessing.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+SMALLEST_SIDE = 8  # pixels; a smaller image holds no readable text
+ASPECT_TOLERANCE = 2.0  # an image whose width/height differs from the model's by more than this factor is warned about
 
 
-def open_image(source: str | Path | bytes, height: int, width: int, channels: int) -> np.ndarray:
-    """Decodes any Pillow-readable image (first frame) to uint8 (height, width, channels)."""
+def to_8_bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images (modes I;16*, I, F) as 8-bit "L", scaled to 0-255; Pillow's
+    own conversion clips them at 255, so a 16-bit PNG would read as all white."""
+    a = np.asarray(im, dtype=np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if im.mode.startswith("I;16") or (im.mode == "I" and top > 255):
+        a = a * (255.0 / 65535.0) if top <= 65535 else (a - a.min()) * (255.0 / max(top - a.min(), 1e-12))
+    elif im.mode == "F" and top <= 1.0:
+        a = a * 255.0
+    elif im.mode == "F" and top > 255:
+        a = (a - a.min()) * (255.0 / max(top - a.min(), 1e-12))
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+
+
+def size_warning(size: tuple[int, int], height: int, width: int) -> str | None:
+    """Why an image of `size` (width, height) may be read wrong by a model of height x width, or None."""
+    w, h = size
+    if min(w, h) < SMALLEST_SIDE:
+        return f"is only {w}x{h} pixels: too small to hold readable text"
+    ratio, model_ratio = w / h, width / height
+    if max(ratio / model_ratio, model_ratio / ratio) > ASPECT_TOLERANCE:
+        return (f"is {w}x{h} (width/height {ratio:.2f}), far from the model's {width}x{height} "
+                f"({model_ratio:.2f}): it is stretched to fit and may read wrong")
+    return None
+
+
+def open_image(source: str | Path | bytes, height: int, width: int, channels: int, name: str | None = None) -> np.ndarray:
+    """Decodes any Pillow-readable image (first frame) to uint8 (height, width, channels).
+    With `name` (what to call the image when reading it with a model), an image far smaller
+    than text needs, or far from the model's aspect ratio, is read but logged as a warning."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     fh = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(fh) as im:
         im.seek(0)
         im.load()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        warning = size_warning(im.size, height, width) if name else None
+        if warning:
+            log.warning(f"{name} {warning}")
+        if im.mode.startswith("I") or im.mode == "F":
+            im = to_8_bit(im)
+        elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             im.alpha_composite(rgba)

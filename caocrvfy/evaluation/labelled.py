@@ -17,7 +17,9 @@ def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: 
     """Reads a labelled folder (labels as `read_folder`): (truth, prediction, confidence) records,
     their image paths, and the skipped items with reasons. Case-folded when asked or when the
     model was trained with --ignore-case."""
-    found = read_folder(folder, charset=None, ignore_case=ignore_case)
+    # Labels the model cannot read (characters outside its set, another length for a
+    # fixed-length model) are skipped and listed, not scored.
+    found = read_folder(folder, charset=predictor.charset, length=predictor.length, ignore_case=ignore_case)
     fold = fold_case if ignore_case or predictor.ignore_case else (lambda s: s)
     label_of = dict(zip(found.paths, found.labels))
     records, paths, skipped = [], [], list(found.skipped)

@@ -222,11 +222,9 @@ def export_model(model: str | Path | None, fmt: str, out: str | Path | None = No
     sidecar_dir = target if fmt == "savedmodel" else target.parent
     _copy_sidecars(model_path.parent, sidecar_dir)  # first: refuses another model's folder before the slow part
 
-    import keras
+    from caocrvfy.model_enhanced import load_saved_model
 
-    import caocrvfy  # noqa: F401  (registers custom objects)
-
-    loaded = keras.models.load_model(model_path, compile=False)
+    loaded = load_saved_model(model_path)
     log.info(f"exporting {model_path} as {fmt} to {target}")
     if fmt == "savedmodel":
         _export_savedmodel(loaded, config, target)

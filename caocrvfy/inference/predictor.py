@@ -40,6 +40,12 @@ def bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def output_shape(model) -> tuple | None:
+    """The model's output shape (batch, steps or positions, classes), where it is known."""
+    shape = getattr(model, "output_shape", None)
+    return tuple(shape) if shape is not None else None
+
+
 class Predictor:
     """A loaded model with its character set and input size."""
 
@@ -55,6 +61,10 @@ class Predictor:
         self.ignore_case: bool = self.model_config.ignore_case
         # Every training label had this many characters: CTC reads are held to it.
         self.length: int | None = self.model_config.max_length if self.model_config.fixed_length else None
+        shape = output_shape(model)
+        if shape is not None:
+            self.model_config.check_outputs(shape, f"{path.with_name('config.json') if path else 'the config'}",
+                                            str(path or "the model"))
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Predictor":
@@ -64,17 +74,9 @@ class Predictor:
             from caocrvfy.inference.runtimes import load_runtime
 
             return cls(load_runtime(model_path), config, model_path)
-        import keras
+        from caocrvfy.model_enhanced import allow_jit_on_jax, load_saved_model
 
-        import caocrvfy  # noqa: F401  (registers custom objects)
-
-        try:
-            model = keras.models.load_model(model_path, compile=False)
-        except Exception as exc:
-            raise DataError(f"{model_path} is not a caocrvfy model ({type(exc).__name__}: {exc}); "
-                            "give the model.keras written by `caocrvfy train`.") from exc
-        from caocrvfy.model_enhanced import allow_jit_on_jax
-
+        model = load_saved_model(model_path)
         allow_jit_on_jax(model)  # an augmented model would otherwise predict op by op on JAX
         return cls(model, config, model_path)
 
@@ -86,7 +88,8 @@ class Predictor:
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             image = buf.getvalue()
-        return open_image(image, self.height, self.width, self.channels)
+        name = str(image) if isinstance(image, (str, Path)) else "an image"
+        return open_image(image, self.height, self.width, self.channels, name=name)
 
     def predict_arrays(self, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> list[Prediction]:
         return self.decode(self.outputs(images, batch_size))

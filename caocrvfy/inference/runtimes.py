@@ -45,6 +45,8 @@ class OnnxRuntime:
                             f"{str(exc).splitlines()[0]}); export it again with `caocrvfy export`.") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        # Free dimensions are names (str); the classes, and the steps or positions, are numbers.
+        self.output_shape = tuple(self.session.get_outputs()[0].shape)
 
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe.
@@ -81,6 +83,7 @@ class TFLiteRuntime:
                             "export it again with `caocrvfy export`.") from exc
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.output_shape = tuple(int(d) if d > 0 else None for d in self.output.get("shape_signature", self.output["shape"]))
         self.metadata: dict = {}
         self._shape: tuple | None = None
         self._lock = threading.Lock()
@@ -111,6 +114,7 @@ class SavedModelRuntime:
         except Exception as exc:
             raise DataError(f"{path} is not a SavedModel written by `caocrvfy export` "
                             f"({type(exc).__name__}); export it again.") from exc
+        self.output_shape = tuple(self.signature.structured_outputs["outputs"].shape)
         config = getattr(self.loaded, "config_json", None)
         self.metadata = {"caocrvfy.config": config.numpy().decode()} if config is not None else {}
 

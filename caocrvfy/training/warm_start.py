@@ -7,6 +7,7 @@ import logging
 from caocrvfy.errors import DataError
 from caocrvfy.locations import resolve_model_path
 from caocrvfy.model_config import ARCHITECTURE, ModelConfig, load_model_config
+from caocrvfy.model_enhanced import load_saved_model
 from caocrvfy.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -14,16 +15,11 @@ log = logging.getLogger(__name__)
 
 def read_init(cfg: TrainConfig):
     """The --init model (uncompiled) and its ModelConfig."""
-    import keras
-
     path, config_path = resolve_model_path(cfg.init)
     model_config = load_model_config(config_path)
-    try:
-        source = keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise DataError(f"{cfg.init} is not a caocrvfy model ({type(exc).__name__}); give a run folder "
-                        "or the model.keras written by `caocrvfy train`.") from exc
-    return source, model_config
+    if path.suffix != ".keras":
+        raise DataError(f"--init {cfg.init}: {path.name} is an export; give a run folder or its model.keras.")
+    return load_saved_model(path), model_config
 
 
 def architecture(cfg: TrainConfig, init: ModelConfig | None) -> dict:
