@@ -105,7 +105,9 @@ def read_folder(
         out.skip(name, reason)
     inside = root.resolve()
     for name, label in pairs:
-        if Path(name).is_absolute() or not (root / name).resolve().is_relative_to(inside):
+        if "\0" in name:
+            out.skip(repr(name), "not a file name (it holds a NUL character)")
+        elif Path(name).is_absolute() or not (root / name).resolve().is_relative_to(inside):
             out.skip(name, "refused: labels.csv may only name files inside the folder (no absolute or ../ paths)")
         elif not label:
             out.skip(name, "empty label")
