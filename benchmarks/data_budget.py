@@ -3,15 +3,16 @@
     KERAS_BACKEND=jax python benchmarks/data_budget.py --out /tmp/budget --parallel 6 \\
         --variants 30000:15,52000:8,90000:4,150000:2
 
-On a 2-core CPU, drawing captchas and training share the 20 minutes of issue 3: drawing D
-captchas takes D / 355 seconds (both cores), and the default model then trains at about 420
+On a 2-core CPU, drawing captchas and training share the 20-minute budget: drawing D captchas
+takes D / 355 seconds (both cores), and the default model then trains at about 420
 images/s (BENCHMARKS.md). So 30,000 captchas leave time for about 15 passes, 52,000 for 8,
 90,000 for 4 and 150,000 for 2. Each variant `D:EPOCHS[:PEAK_RATE]` trains the default model on
 the first D of one cached pool for that many epochs (batch 64, the same number of warmup steps,
 cosine decay to the end), with the same validation set, and reads the same fresh test set.
 The outcome depends only on which images and how many steps, not on the device, so a GPU
 settles in minutes what takes the CPU 20 minutes a variant; the winner is then checked on the
-CPU with the real time limit.
+CPU with the real time limit. The table is printed and the rows written to
+benchmarks/results/data-budget-DATE.json.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from ablation import run_variant
+import common
 
 WARMUP_STEPS = 940  # about the default training's warmup: 2 epochs of 30,000 at batch 64 are 938 steps
 
@@ -35,47 +35,47 @@ def main() -> int:
     p.add_argument("--variants", default="30000:15,52000:8,90000:4,150000:2",
                    help="comma-separated TRAIN_SIZE:EPOCHS[:PEAK_RATE] (default: the 20-minute CPU budgets)")
     p.add_argument("--learning-rate", type=float, default=0.0012, help="peak rate (default 0.0012, the default)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--val-size", type=int, default=2000)
-    p.add_argument("--test-size", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64, help="(default 64)")
+    p.add_argument("--val-size", type=int, default=2000, help="(default 2000)")
+    p.add_argument("--test-size", type=int, default=3000, help="(default 3000)")
     p.add_argument("--parallel", type=int, default=1, help="variants trained at once (default 1)")
+    common.add_results_option(p)
     args = p.parse_args()
 
-    from caocrvfy.data import CaptchaSpec, generate
-    from caocrvfy.train import TrainConfig, _synthetic_cache
+    from caocrvfy.data.synthetic import CaptchaSpec
 
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
     variants = {}
     for item in args.variants.split(","):
         size, epochs, *rate = item.split(":")
         size, epochs, rate = int(size), int(epochs), float(rate[0]) if rate else args.learning_rate
-        variants[f"{size} x {epochs}, rate {rate}"] = [
+        variants[f"{size} x {epochs}, rate {rate}"] = (size, epochs, [
             "--train-size", str(size), "--epochs", str(epochs), "--learning-rate", str(rate),
-            "--warmup-epochs", f"{WARMUP_STEPS * args.batch_size / size:.4f}"]
-    spec = CaptchaSpec()
-    cache = args.out / "cache"
-    pool_size = max(int(v[1]) for v in variants.values())
-    for split, count in (("train", pool_size), ("val", args.val_size)):
-        generate(_synthetic_cache(TrainConfig(cache_dir=str(cache)), spec, split), count, spec)
-    test_dir = generate(args.out / "test", args.test_size, spec)
-    common = ["--val-size", str(args.val_size), "--batch-size", str(args.batch_size), "--schedule", "cosine",
-              "--patience", "100000", "--cache-dir", str(cache), "--seed", "0"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    if args.parallel > 1:
-        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.parallel:.2f}")
+            "--warmup-epochs", f"{WARMUP_STEPS * args.batch_size / size:.4f}"])
+    pool_size = max(size for size, _, _ in variants.values())
+    cache, test_dir = common.draw_fixed_sets(args.out, CaptchaSpec(), pool_size, args.val_size, args.test_size)
+    shared = ["--synthetic", "cache", "--cache-dir", str(cache), "--val-size", str(args.val_size),
+              "--batch-size", str(args.batch_size), "--schedule", "cosine", "--patience", "100000", "--seed", "0"]
+    env = common.training_env(args.parallel)
+
+    def run(name: str) -> dict:
+        size, epochs, options = variants[name]
+        run_dir = args.out / "runs" / common.slug(name)
+        return common.train_and_score(name, shared + options, run_dir, test_dir, env) | {"images_seen": size * epochs}
+
     results = []
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        runs = pool.map(lambda item: run_variant(item[0], common, args.out, test_dir, env, item[1]), variants.items())
-        for result in runs:
+        for result in pool.map(run, variants):
             results.append(result)
             (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}; test: {args.test_size} fresh captchas")
+    print(f"{started}; test: {args.test_size} fresh captchas")
     print("| training images x epochs, peak rate | images seen | test full-match | char accuracy | time |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for r, options in zip(results, variants.values()):
-        seen = int(options[1]) * int(options[3])
+    for r in results:
         cells = (f"{r['full_match']:.2%} | {r['char_accuracy']:.2%}" if "full_match" in r
                  else f"failed: see {r['run']}/train.log |")
-        print(f"| {r['name']} | {seen:,} | {cells} | {r['seconds']:.0f} s |")
+        print(f"| {r['name']} | {r['images_seen']:,} | {cells} | {r['seconds']:.0f} s |")
+    common.write_result("data-budget", results, args.results_dir, started)
     return 0 if all(r["ok"] for r in results) else 1
 
 

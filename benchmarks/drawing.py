@@ -5,7 +5,9 @@
 The two ways take turns in one process, `--rounds` times each, on all cores, so that the machine's
 drifting speed touches both alike. Each round draws `--count` default captchas (6 of 0-9a-zA-Z,
 160 x 60): the cache way writes them with `generate` into a new folder and reads them back as
-training does; the memory way is `draw_arrays` (`caocrvfy train --no-cache`).
+training does (`caocrvfy train --synthetic cache`); the memory way is `draw_arrays`
+(`caocrvfy train --synthetic memory`). The figures are printed and written to
+benchmarks/results/drawing-DATE.json.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from caocrvfy.data import CaptchaSpec, draw_arrays, generate, load_images, read_folder
+import common
+from caocrvfy.data.folders import load_images, read_folder
+from caocrvfy.data.synthetic import CaptchaSpec, draw_arrays, generate
 
 
 def cached(count: int, spec: CaptchaSpec) -> float:
@@ -45,6 +49,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=4000, help="captchas per round (default 4000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of each way, taking turns (default 3)")
+    common.add_results_option(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     spec = CaptchaSpec()
@@ -57,6 +62,7 @@ def main() -> None:
               "best_captchas_per_second": {k: round(v, 1) for k, v in rates.items()},
               "memory_vs_cache": round(rates["in memory"] / rates["png cache, read back"], 2)}
     print(json.dumps(result, indent=2))
+    common.write_result("drawing", result, args.results_dir)
 
 
 if __name__ == "__main__":

@@ -1,151 +1,86 @@
 """How well can two look-alike characters be told apart at all, as the captcha library draws them?
 
     python benchmarks/glyph_pair.py --pair 0O --train 40000 --test 10000 --epochs 12
-    python benchmarks/glyph_pair.py --pair 0O --in-captcha 0-9A-Z
     python benchmarks/glyph_pair.py --pair 0O --model models/captcha-4x36 --data /tmp/fresh-4x36
 
 The library (0.7.1) draws each character on its own: the glyph is cut to its ink, rotated up to
 30 degrees, warped, and stretched into the character's text box, which in DroidSansMono is the
 same box for `0` and `O` (and for `o`, whose box is as tall as a capital's). So the two differ
 only in stroke thickness and contour, not in width or height. This script draws single
-characters with the library's own `_draw_character`, in its random colours, centred on a canvas, with
-the library's final SMOOTH filter but without noise, neighbours or the squeeze that fits a wide
-text into the image, and trains a small CNN to tell the two apart. Its error on fresh glyphs is
+characters with the library's public `ImageCaptcha.create_captcha_image`, one character on a
+canvas of CANVAS (64 x 40) with no word space before it, in the random colours `generate_image`
+picks, then applies the library's final SMOOTH filter; there is no noise, no neighbour and no
+squeeze (the largest box of the pair's characters at the default font sizes is 62 x 35, so the
+text always fits). It trains a small CNN to tell the two apart. Its error on fresh glyphs is
 what a reader can hope for on these two characters with the glyph alone: the same characters
 inside a captcha are harder (noise, overlap, squeeze), so a full reader's error on them is
-expected at or above it.
+expected at or above it. (Until 2026-12-01 the glyphs came from the library's private
+`_draw_character` and were pasted centred; `create_captcha_image` pastes the text box 10% of its
+width from the left edge instead, so a glyph now sits up to 5 pixels left of the centre. The
+glyph itself, its colours and the paste mask are the library's, as before.)
 
-With `--in-captcha` the glyphs are cut from whole captchas instead (the library's own drawing,
-noise, neighbours, word spaces and squeeze; the other characters never one of the pair): a
-window as tall as the captcha and CANVAS_IN_CAPTCHA_WIDTH (48) pixels wide, centred where the library pasted the
-character. That is what a reader sees of the character once it knows where it is. (The copy of
-the library's drawing was checked against it: with `secrets` replaced by one seeded generator,
-50 of 50 captchas came out pixel for pixel the same as `ImageCaptcha.generate_image`'s.)
+(A mode that cut the glyphs from whole captchas, `--in-captcha`, was removed on 2026-12-01: it
+needed a copy of the library's drawing code and its private `_draw_character` to know where each
+character was pasted. Its figures, 7.68% and 3.45%, stay in docs/notes/2026-11-23-zero-vs-o.md.)
 
 With `--model` and `--data` it also measures a trained reader on captchas: among the characters
 that are one of the pair, how often it reads the other one. The first character of `--pair` is
-the negative class.
+the negative class. The figures are printed and written to
+benchmarks/results/glyph-pair-PAIR-DATE.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import secrets
 import time
 
 import numpy as np
 
 import caocrvfy  # noqa: F401  (first: it sets TensorFlow's CPU options before TensorFlow loads)
+import common
 
-CANVAS = (64, 40)  # height, width: the largest glyph box at the default font sizes is 62 x 35
-CANVAS_IN_CAPTCHA_WIDTH = 48
-
-
-def _generator():
-    """The worker's ImageCaptcha, made by `caocrvfy.data.drawing_pool`'s initializer."""
-    from caocrvfy import data
-
-    return data._worker_generator
+CANVAS = (64, 40)  # height, width: the largest glyph box of 0, O, o, 1, l, I at the default font sizes is 62 x 35
 
 
-def _draw(job: tuple[str, int]) -> np.ndarray:
-    import secrets
+@functools.lru_cache(maxsize=1)
+def glyph_captcha():
+    """This process's ImageCaptcha for single glyphs: a canvas of CANVAS, the default fonts, and
+    no word space before the character (`word_space_probability` is the library's own setting)."""
+    from captcha.image import ImageCaptcha
 
+    generator = ImageCaptcha(width=CANVAS[1], height=CANVAS[0])
+    generator.word_space_probability = 1.0  # a space is drawn when a random number in [0, 1) exceeds it
+    return generator
+
+
+def draw_glyphs(job: tuple[str, int]) -> np.ndarray:
+    """`count` single glyphs of `char` (in a drawing_pool worker)."""
     from captcha.image import random_color
-    from PIL import Image, ImageDraw, ImageFilter
+    from PIL import ImageFilter
 
     char, count = job
-    generator = _generator()
+    generator = glyph_captcha()
     out = np.empty((count, *CANVAS), np.uint8)
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for i in range(count):
-        # Colours as the library picks them: the paste mask comes from the text colour's brightness.
-        glyph = generator._draw_character(char, scratch, random_color(10, 200, secrets.randbelow(36) + 220))
-        canvas = Image.new("RGB", CANVAS[::-1], random_color(238, 255))
-        w, h = glyph.size
-        mask = glyph.convert("L").point(generator.lookup_table)
-        canvas.paste(glyph, ((CANVAS[1] - w) // 2, (CANVAS[0] - h) // 2), mask)
-        out[i] = np.asarray(canvas.filter(ImageFilter.SMOOTH).convert("L"))
+        # Colours as `generate_image` picks them: the paste mask comes from the text colour's brightness.
+        color = random_color(10, 200, secrets.randbelow(36) + 220)
+        image = generator.create_captcha_image(char, color, random_color(238, 255))
+        out[i] = np.asarray(image.filter(ImageFilter.SMOOTH).convert("L"))
     return out
 
 
-def _captcha_with_places(chars: str) -> tuple[object, list[tuple[float, float]]]:
-    """The library's `generate_image` (0.7.1), also returning each character's left and right
-    edge in the final image: `create_captcha_image` is followed line by line, keeping the offsets
-    it pastes at."""
-    import secrets
-
-    from captcha.image import SMOOTH, random_color
-    from PIL import Image, ImageDraw
-
-    g = _generator()
-    background, color = random_color(238, 255), random_color(10, 200, secrets.randbelow(36) + 220)
-    image = Image.new("RGB", (g._width, g._height), background)
-    draw = ImageDraw.Draw(image)
-    images, is_char = [], []
-    for c in chars:
-        if secrets.randbits(32) / (2**32) > g.word_space_probability:
-            images.append(g._draw_character(" ", draw, color))
-            is_char.append(False)
-        images.append(g._draw_character(c, draw, color))
-        is_char.append(True)
-    text_width = sum(im.size[0] for im in images)
-    width = max(text_width, g._width)
-    image = image.resize((width, g._height))
-    average = int(text_width / len(chars))
-    rand = int(g.word_offset_dx * average)
-    offset = int(average * 0.1)
-    places = []
-    for im, char in zip(images, is_char):
-        w, h = im.size
-        image.paste(im, (offset, int((g._height - h) / 2)), im.convert("L").point(g.lookup_table))
-        if char:
-            places.append((offset, offset + w))
-        offset = offset + w + (-secrets.randbelow(rand + 1))
-    scale = 1.0
-    if width > g._width:
-        image = image.resize((g._width, g._height))
-        scale = g._width / width
-    g.create_noise_dots(image, color)
-    g.create_noise_curve(image, color)
-    return image.filter(SMOOTH), [(left * scale, right * scale) for left, right in places]
-
-
-def _draw_in_captcha(job: tuple[str, int, str, int]) -> np.ndarray:
-    """`count` windows around `char` at a random place in a captcha of `length` characters whose
-    others are drawn from `others`."""
-    import secrets
-
-    char, count, others, length = job
-    half = CANVAS_IN_CAPTCHA_WIDTH // 2
-    out = np.empty((count, _generator()._height, CANVAS_IN_CAPTCHA_WIDTH), np.uint8)
-    for i in range(count):
-        text = [secrets.choice(others) for _ in range(length)]
-        place = secrets.randbelow(length)
-        text[place] = char
-        image, places = _captcha_with_places("".join(text))
-        pixels = np.pad(np.asarray(image.convert("L")), ((0, 0), (half, half)), mode="edge")
-        centre = round(sum(places[place]) / 2) + half
-        out[i] = pixels[:, centre - half: centre + half]
-    return out
-
-
-def draw_pair(pair: str, count: int, width: int, height: int, workers: int = 2, in_captcha: str = "",
-              length: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """`count` glyphs of each character of `pair`, shuffled, with labels 0 and 1. With
-    `in_captcha` (the captcha's character set), cut from captchas of `length` characters."""
-    from caocrvfy.data import CaptchaSpec, drawing_pool
+def draw_pair(pair: str, count: int, width: int, height: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """`count` glyphs of each character of `pair`, shuffled, with labels 0 and 1."""
+    from caocrvfy.data.synthetic import CaptchaSpec, drawing_pool
 
     chunk = 500
     jobs = [(c, min(chunk, count - start)) for c in pair for start in range(0, count, chunk)]
-    draw = _draw
-    if in_captcha:
-        others = "".join(c for c in in_captcha if c not in pair)
-        jobs = [(c, n, others, length) for c, n in jobs]
-        draw = _draw_in_captcha
-    with drawing_pool(workers, CaptchaSpec(in_captcha or pair, length, width, height)) as pool:
-        parts = pool.map(draw, jobs)
+    with drawing_pool(workers, CaptchaSpec(pair, 1, width, height)) as pool:
+        parts = pool.map(draw_glyphs, jobs)
     images = np.concatenate(parts)[..., None]
     labels = np.concatenate([np.full(job[1], pair.index(job[0]), np.float32) for job in jobs])
     order = np.random.default_rng().permutation(len(labels))
@@ -174,12 +109,11 @@ def wilson(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), centre + half
 
 
-def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...], width: int, height: int,
-          in_captcha: str = "", length: int = 4) -> dict:
+def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...], width: int, height: int) -> dict:
     import keras
 
     start = time.perf_counter()
-    x, y = draw_pair(pair, train + test, width, height, in_captcha=in_captcha, length=length)
+    x, y = draw_pair(pair, train + test, width, height)
     drawn = time.perf_counter() - start
     x_train, y_train, x_test, y_test = x[: 2 * train], y[: 2 * train], x[2 * train:], y[2 * train:]
     model = glyph_classifier(filters, x.shape[1:3])
@@ -191,7 +125,7 @@ def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...
     p = model.predict(x_test, batch_size=512, verbose=0)[:, 0]
     errors = int(((p > 0.5) != (y_test > 0.5)).sum())
     low, high = wilson(errors, len(y_test))
-    return {"pair": pair, "in_captcha": in_captcha or None, "train_per_char": train, "test_per_char": test, "epochs": epochs,
+    return {"pair": pair, "train_per_char": train, "test_per_char": test, "epochs": epochs,
             "filters": list(filters), "parameters": model.count_params(), "errors": errors,
             "test_glyphs": len(y_test), "glyph_error": errors / len(y_test), "glyph_error_95": [low, high],
             "draw_seconds": round(drawn, 1), "total_seconds": round(time.perf_counter() - start, 1)}
@@ -200,8 +134,8 @@ def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...
 def reader_pair_error(pair: str, model: str, data: str) -> dict:
     """A trained reader on captchas: among characters that are one of the pair, the share read
     as the other one (positions compared where the lengths agree)."""
-    from caocrvfy.data import read_folder
-    from caocrvfy.predict import Predictor
+    from caocrvfy.data.folders import read_folder
+    from caocrvfy.inference import Predictor
 
     reader = Predictor.load(model)
     found = read_folder(data, charset=reader.charset)
@@ -229,28 +163,21 @@ def main() -> None:
     p.add_argument("--filters", default="16,32,64", help="classifier widths (default 16,32,64)")
     p.add_argument("--width", type=int, default=128, help="captcha width, for the library's settings (default 128)")
     p.add_argument("--height", type=int, default=64, help="captcha height (default 64)")
-    p.add_argument("--in-captcha", metavar="CHARSET",
-                   help="cut the glyphs from captchas of this character set (e.g. 0-9A-Z) instead of drawing them alone")
-    p.add_argument("--length", type=int, default=4, help="characters per captcha with --in-captcha (default 4)")
     p.add_argument("--model", help="also measure this reader on --data")
     p.add_argument("--data", help="folder of fresh labelled captchas for --model")
     p.add_argument("--skip-bound", action="store_true", help="only measure --model")
+    common.add_results_option(p)
     args = p.parse_args()
     if len(args.pair) != 2:
         p.error("--pair takes exactly two characters, e.g. 0O")
     result = {}
     if not args.skip_bound:
         filters = tuple(int(v) for v in args.filters.split(","))
-        charset = ""
-        if args.in_captcha:
-            from caocrvfy.charset import parse_charset
-
-            charset = parse_charset(args.in_captcha)
-        result["glyphs"] = bound(args.pair, args.train, args.test, args.epochs, filters, args.width, args.height,
-                                 charset, args.length)
+        result["glyphs"] = bound(args.pair, args.train, args.test, args.epochs, filters, args.width, args.height)
     if args.model and args.data:
         result["reader"] = reader_pair_error(args.pair, args.model, args.data)
     print(json.dumps(result, indent=2))
+    common.write_result(f"glyph-pair-{common.slug(args.pair)}", result, args.results_dir)
 
 
 if __name__ == "__main__":

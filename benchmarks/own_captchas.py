@@ -1,14 +1,15 @@
 """Train on your own captchas, side by side with ddddocr.
 
-    python benchmarks/own_captchas.py DATA_DIR --write-benchmarks BENCHMARKS.md          # 12 min + curve
+    python benchmarks/own_captchas.py DATA_DIR                                                 # 12 min + curve
     python benchmarks/own_captchas.py DATA_DIR --minutes 0.5 --curve 100 --curve-minutes 0.3   # smoke run
 
-Works on any labelled folder (label = file name up to the first `_` or `.`, or `labels.csv`).
-Sorted by file name, every 5th file is test and the rest train; both sides are folders of
-symlinks under --work, so labels still parse. caocrvfy is trained on the train side by the
-project's own command (`python -m caocrvfy.train --data ... --ignore-case --schedule cosine`,
-one fresh process per run, its wall time measured; early stopping and the epoch cap are lifted
-so the time budget ends every run) and scored on the test side with `evaluate_folder`.
+Works on any labelled folder (label = file name up to the first `_` or `.`, or `labels.csv`),
+as `caocrvfy.data.folders.read_folder` reads it. Sorted by file name, every 5th item is test and
+the rest train; both sides are folders under --work of hard links (or copies) with a labels.csv
+of their items. caocrvfy is trained on the train side by the project's own command (`python -m
+caocrvfy.train --data ... --ignore-case --schedule cosine`, one fresh process per run, its wall
+time measured; early stopping and the epoch cap are lifted so the time budget ends every run)
+and scored on the test side with `caocrvfy.evaluation.evaluate_folder`.
 ddddocr (`pip install ddddocr`), pretrained and untrained here, reads the same test files one
 at a time; its reads are compared case-folded and an exception counts as a wrong read.
 Reading speed of both is timed one after the other in this process.
@@ -16,70 +17,69 @@ Reading speed of both is timed one after the other in this process.
 The learning curve trains on the first N train files, from scratch and from --init (a model
 trained on synthetic captchas), both with the init model's architecture so that only the
 starting weights differ.
+
+The report is printed, and everything measured is written to
+benchmarks/results/own-captchas-FOLDER-DATE.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import json
 import logging
-import os
-import platform
-import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-NOISE = re.compile(r"absl::InitializeLog|cudart_stub|cuda_platform|cuInit|computation_placer|TF-TRT")
-ARCHITECTURE = ("filters", "dense_units", "rnn_units", "sequence", "stem", "attention", "channels", "head")
+import common
+
+PROJECT_ROOT = common.PROJECT_ROOT
 
 
 # ---------------------------------------------------------------- split
 
 
-def list_items(root: Path) -> tuple[list[str], list[str] | None, dict[str, list[str]] | None]:
-    """Sorted item names, and the labels.csv header and rows by name when the folder has one."""
-    csv_path = root / "labels.csv"
-    if not csv_path.exists():
-        from caocrvfy.data import IMAGE_SUFFIXES
+def list_items(root: Path) -> list[tuple[str, str]]:
+    """(name inside the folder, label) of every labelled item, sorted by name, as
+    `caocrvfy.data.folders.read_folder` reads them (its skipped items are listed)."""
+    from caocrvfy.data.folders import read_folder
 
-        return sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), None, None
-    header, rows = None, {}
-    with csv_path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.reader(fh):
-            if len(row) >= 2 and row[0] == "file":
-                header = row
-            elif len(row) >= 2:
-                rows.setdefault(row[0].strip(), row)
-    return sorted(rows), header, rows
+    found = read_folder(root)
+    for name, reason in found.skipped:
+        print(f"  {name}: skipped, {reason}")
+    items: dict[str, str] = {}
+    for path, label in zip(found.paths, found.labels):
+        items.setdefault(path.relative_to(root).as_posix(), label)  # labels.csv: the first row of a file
+    return sorted(items.items())
 
 
-def make_side(root: Path, dest: Path, names: list[str], header, rows) -> Path:
-    """A folder of symlinks to `names` (and their labels.csv rows), replacing an older one."""
+def make_side(root: Path, dest: Path, items: list[tuple[str, str]]) -> Path:
+    """A folder of `items` with their labels in labels.csv, replacing an older one. The files are
+    hard links to the originals (copies on another file system): `read_folder` refuses a symlink
+    that leads out of the folder."""
+    import csv
+    import os
+
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     kept = []
-    for name in names:
+    for name, label in items:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             print(f"  {name}: skipped, labels.csv names must be paths inside the folder")
             continue
-        kept.append(name)
-        if (root / name).exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).symlink_to((root / name).resolve())
-    if rows is not None:
-        with (dest / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header or ["file", "label"])
-            writer.writerows(rows[n] for n in kept)
+        kept.append((name, label))
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(root / name, dest / name)
+        except OSError:
+            shutil.copy2(root / name, dest / name)
+    with (dest / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        writer.writerows(kept)
     return dest
 
 
@@ -87,60 +87,33 @@ def make_side(root: Path, dest: Path, names: list[str], header, rows) -> Path:
 
 
 def architecture_args(init: Path) -> list[str]:
-    """Training flags that rebuild the init model's architecture, so its weights fit."""
-    config = json.loads(init.with_name("config.json").read_text())
-    args = []
+    """Training flags that rebuild the init model's architecture (the fields `--init` adopts,
+    caocrvfy.model_config.ARCHITECTURE, and its head), so that a run from scratch has the same one."""
+    from caocrvfy.model_config import ARCHITECTURE, load_model_config
+
+    config = load_model_config(init.with_name("config.json"))
+    args = ["--head", config.head]
     for key in ARCHITECTURE:
-        value = config.get(key)
+        value = getattr(config, key)
         if key == "attention":
-            args += [] if value in (None, True) else ["--no-attention"]
-        elif value is not None:
+            args += [] if value else ["--no-attention"]
+        else:
             args += [f"--{key.replace('_', '-')}", ",".join(map(str, value)) if key == "filters" else str(value)]
     return args
 
 
 def train_run(name: str, data: Path, out: Path, minutes: float, extra: list[str], seed: int) -> dict:
-    """Runs `python -m caocrvfy.train` in a fresh process; returns its run folder and timings."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "caocrvfy.train", "--data", str(data), "--ignore-case",
-           "--time-limit", f"{minutes:g}", "--schedule", "cosine", "--patience", "1000000",
-           "--epochs", "1000000", "--seed", str(seed), "--out", str(out), *extra]
-    print(f"[{name}] {shlex.join(cmd)}", flush=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    epochs, copied, shown = 0, None, 0.0
-    start = time.perf_counter()
-    with (out / "train.log").open("w") as log, subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=PROJECT_ROOT
-    ) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            is_epoch = re.search(r"\bepoch +\d+/", line) is not None
-            epochs += is_epoch
-            if m := re.search(r"initialised (\d+) layers", line):
-                copied = int(m[1])
-            now = time.perf_counter()
-            if NOISE.search(line):  # TensorFlow's start-up chatter stays in train.log only
-                continue
-            if not is_epoch or now - shown > 30:  # an epoch line at most every 30 s
-                shown = now if is_epoch else shown
-                print(f"[{name}] {line.rstrip()}", flush=True)
-    seconds = time.perf_counter() - start
-    for leftover in ("last.keras", "state.json"):  # only needed to resume
-        (out / leftover).unlink(missing_ok=True)
-    ok = proc.returncode == 0 and (out / "model.keras").exists()
-    if not ok:
-        print(f"[{name}] training failed (exit {proc.returncode}); see {out / 'train.log'}", flush=True)
-    resolved = json.loads((out / "config.json").read_text())["resolved"] if ok else {}
-    return {"name": name, "run": str(out), "ok": ok, "minutes": minutes, "seconds": seconds, "epochs": epochs,
-            "layers_copied": copied, "train_images": resolved.get("train_images"),
-            "val_images": resolved.get("val_images")}
+    """`python -m caocrvfy.train` in a fresh process, early stopping and the epoch cap lifted so
+    that the time budget ends the run; returns its run folder and timings."""
+    options = ["--data", str(data), "--ignore-case", "--time-limit", f"{minutes:g}", "--schedule", "cosine",
+               "--patience", "1000000", "--epochs", "1000000", "--seed", str(seed), *extra]
+    return common.train_run(name, options, out, echo=True) | {"minutes": minutes}
 
 
 def score_caocrvfy(run: dict, test_dir: Path) -> None:
     """Adds the test-split scores of a finished run to `run`."""
-    from caocrvfy.predict import Predictor, evaluate_folder
+    from caocrvfy.evaluation import evaluate_folder
+    from caocrvfy.inference import Predictor
 
     if not run["ok"]:
         return
@@ -156,16 +129,6 @@ def score_caocrvfy(run: dict, test_dir: Path) -> None:
 # ---------------------------------------------------------------- ddddocr
 
 
-def load_ddddocr():
-    """The ddddocr reader and its version, or (None, reason) when it is not installed."""
-    try:
-        import ddddocr
-        from importlib.metadata import version
-    except ImportError as exc:
-        return None, f"ddddocr is not installed ({exc}); `pip install ddddocr` to add its columns"
-    return ddddocr.DdddOcr(show_ad=False), version("ddddocr")
-
-
 def read_ddddocr(reader, path: Path) -> str | None:
     try:
         return reader.classification(path.read_bytes()).lower()
@@ -174,15 +137,14 @@ def read_ddddocr(reader, path: Path) -> str | None:
 
 
 def score_ddddocr(reader, test_dir: Path) -> dict:
-    from caocrvfy.data import read_folder
+    from caocrvfy.data.folders import read_folder
+    from caocrvfy.evaluation.scores import char_accuracy, full_match
 
     found = read_folder(test_dir, ignore_case=True)
     reads = [read_ddddocr(reader, p) for p in found.paths]
-    pairs = list(zip(found.labels, reads))
-    right = sum(t == p for t, p in pairs)
-    chars = sum(sum(a == b for a, b in zip(t, p or "")) for t, p in pairs)
-    return {"full_match": right / len(pairs), "char_accuracy": chars / sum(len(t) for t in found.labels),
-            "count": len(pairs), "right": right, "errors": sum(p is None for p in reads)}
+    records = [(truth, read or "", 0.0) for truth, read in zip(found.labels, reads)]
+    return {"full_match": full_match(records), "char_accuracy": char_accuracy(records), "count": len(records),
+            "right": sum(t == p for t, p, _ in records), "errors": sum(p is None for p in reads)}
 
 
 # ---------------------------------------------------------------- speed
@@ -196,8 +158,8 @@ def rate(fn, items: list) -> float:
 
 def time_readers(run: dict, ocr, test_dir: Path, limit: int) -> dict:
     """Images per second, file to text, one reader after the other on the same files."""
-    from caocrvfy.data import read_folder
-    from caocrvfy.predict import Predictor
+    from caocrvfy.data.folders import read_folder
+    from caocrvfy.inference import Predictor
 
     reader = Predictor.load(run["run"])
     bad = {item["file"] for item in run.get("skipped", [])}
@@ -213,13 +175,6 @@ def time_readers(run: dict, ocr, test_dir: Path, limit: int) -> dict:
 
 
 # ---------------------------------------------------------------- report
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    cores = len(os.sched_getaffinity(0))  # what `nproc` prints
-    return f"{cores} CPU cores (`nproc`), {model}; load average {os.getloadavg()[0]:.2f} at start"
 
 
 def score(r: dict) -> str:
@@ -278,17 +233,6 @@ def report(args, folder: str, split: dict, main_run: dict, peer: dict | None, pe
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, heading: str, text: str) -> None:
-    """Replaces the section under `heading` (up to the next `## `) or appends it."""
-    old = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -305,9 +249,9 @@ def main() -> int:
     p.add_argument("--speed-images", type=int, default=500, help="test images timed per reader (default 500)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--work", type=Path, help="split folders and runs (default: a new temp folder)")
-    p.add_argument("--write-benchmarks", type=Path, help="put the results section into this markdown file")
+    common.add_results_option(p)
     args = p.parse_args()
-    started, host = datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine()
+    started, host = time.strftime("%Y-%m-%d %H:%M %Z"), common.machine()
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes from the speed warm-ups
 
     root = args.data.resolve()
@@ -326,22 +270,26 @@ def main() -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="caocrvfy-own-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    names, header, rows = list_items(root)
-    train_names = [n for i, n in enumerate(names) if i % 5 != 4]
-    test_names = [n for i, n in enumerate(names) if i % 5 == 4]
-    if not train_names or not test_names:
-        print(f"{root} has {len(names)} labelled item(s): at least 2 are needed, one for each side.", file=sys.stderr)
+    from caocrvfy.errors import DataError
+
+    try:
+        items = list_items(root)
+    except DataError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    train_dir = make_side(root, work / "train", train_names, header, rows)
-    test_dir = make_side(root, work / "test", test_names, header, rows)
-    split = {"train": len(train_names), "test": len(test_names)}
-    print(f"{root}: {len(names)} items -> {split['train']} train, {split['test']} test under {work}", flush=True)
+    train_items = [n for i, n in enumerate(items) if i % 5 != 4]
+    test_items = [n for i, n in enumerate(items) if i % 5 == 4]
+    if not train_items or not test_items:
+        print(f"{root} has {len(items)} labelled item(s): at least 2 are needed, one for each side.", file=sys.stderr)
+        return 2
+    train_dir = make_side(root, work / "train", train_items)
+    test_dir = make_side(root, work / "test", test_items)
+    split = {"train": len(train_items), "test": len(test_items)}
+    print(f"{root}: {len(items)} items -> {split['train']} train, {split['test']} test under {work}", flush=True)
 
     arch = architecture_args(init) if init else []
     main_extra = ["--init", str(init), *arch] if args.main_init and init else []
     main_run = train_run("main", train_dir, work / "runs" / "main", args.minutes, main_extra, args.seed)
-    from caocrvfy.data import DataError
-
     try:
         score_caocrvfy(main_run, test_dir)
     except DataError as exc:
@@ -349,16 +297,16 @@ def main() -> int:
         return 2
 
     curve = []
-    sizes = sorted({min(int(s), len(train_names)) for s in args.curve.split(",") if s.strip()})
+    sizes = sorted({min(int(s), len(train_items)) for s in args.curve.split(",") if s.strip()})
     for size in sizes:
-        subset = make_side(root, work / f"train-{size}", train_names[:size], header, rows)
+        subset = make_side(root, work / f"train-{size}", train_items[:size])
         for start, extra in [("scratch", arch)] + ([("init", ["--init", str(init), *arch])] if init else []):
             r = train_run(f"{size}-{start}", subset, work / "runs" / f"{size}-{start}", args.curve_minutes, extra,
                           args.seed)
             score_caocrvfy(r, test_dir)
             curve.append(r | {"size": size, "start": start})
 
-    ocr, version = load_ddddocr()
+    ocr, version = common.load_ddddocr()
     peer, peer_note = None, version
     if ocr is None:
         print(version)
@@ -369,22 +317,13 @@ def main() -> int:
               f"char accuracy {peer['char_accuracy']:.4f}, {peer['errors']} exception(s)", flush=True)
     speed = time_readers(main_run, ocr, test_dir, args.speed_images) if main_run["ok"] else {}
 
-    import keras
-    import tensorflow as tf
-
-    software = f"caocrvfy (Keras {keras.__version__}, TensorFlow {tf.__version__}), Python {platform.python_version()}"
-    if peer:
-        from importlib.metadata import version as pkg_version
-
-        software += f", ddddocr {version} (onnxruntime {pkg_version('onnxruntime')})"
+    software = ", ".join(f"{k} {v}" for k, v in common.software().items())
     text = report(args, root.name, split, main_run, peer, peer_note, speed, curve, started, host, software)
-    (work / "results.json").write_text(json.dumps(
-        {"split": split, "main": main_run, "ddddocr": peer, "speed": speed, "curve": curve}, indent=2, default=str))
     print("\n" + text)
-    if args.write_benchmarks:
-        write_section(args.write_benchmarks, f"## Own captchas: {root.name}", text)
-        print(f"wrote the section to {args.write_benchmarks}")
-    print(f"runs, logs and results.json: {work}")
+    common.write_result(f"own-captchas-{common.slug(root.name)}", {
+        "folder": str(root), "split": split, "main": main_run, "ddddocr": peer, "speed": speed, "curve": curve},
+        args.results_dir, started)
+    print(f"runs and logs: {work}")
     return 0 if main_run["ok"] else 1
 
 

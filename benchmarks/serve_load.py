@@ -8,7 +8,8 @@
 Each level sends at most --requests requests from N concurrent clients (one image per request
 unless --batch says more) and stops early at --time-cap seconds; the server must be on this
 machine (loopback only). Files named LABEL_anything.png also give a full-match column. Prints a
-markdown table; exits 1 if any request failed.
+markdown table and writes the rows to benchmarks/results/serve-load-DATE.json; exits 1 if any
+request failed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+import common
+
 
 def loopback_only(url: str) -> None:
     host = urlparse(url).hostname or ""
@@ -33,7 +36,10 @@ def loopback_only(url: str) -> None:
 
 
 def load_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".gif", ".bmp"})
+    """The first `count` image files of the folder, sorted, as (name, bytes)."""
+    from caocrvfy.inference import expand_inputs
+
+    paths = expand_inputs([str(folder)])
     if not paths:
         raise SystemExit(f"{folder} has no images.")
     return [(p.name, p.read_bytes()) for p in paths[:count]]
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
     p.add_argument("--time-cap", type=float, default=20.0, help="seconds per level at most (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="requests sent before measuring (default 5)")
+    common.add_results_option(p)
     args = p.parse_args(argv)
     images = load_images(args.images, max(args.requests * args.batch, 1))
     modes = {"batched": [], "unbatched": ["--no-batching"], "window-5ms": ["--batch-window-ms", "5"]}
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         match = f"{r['full_match']:.3f}" if r["full_match"] is not None else "-"
         print(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | "
               f"{r['p50']:.1f} | {r['p99']:.1f} | {match} | {r['wall']:.1f} |")
+    common.write_result("serve-load", {"model": args.model, "batch": args.batch, "requests": args.requests,
+                                       "time_cap": args.time_cap, "levels": rows}, args.results_dir)
     failed = [r for r in rows if r["failed"]]
     for r in failed:
         print(f"\n{r['clients']} clients: {r['failed']} failed, first: {r['first_failure']}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Reading speed, side by side in one process: caocrvfy (Keras, ONNX Runtime, TFLite) and ddddocr.
 
-    python benchmarks/speed_vs_ddddocr.py --write-benchmarks BENCHMARKS.md
+    python benchmarks/speed_vs_ddddocr.py
     python benchmarks/speed_vs_ddddocr.py --model models/captcha-6x62 --model models/runs/cpu20 --count 1000
 
 Every reader gets the same PNG files as bytes, so decoding, resizing and turning the outputs
@@ -9,22 +9,19 @@ median and 99th percentile. Batch throughput: all images through the reader's ba
 (batches of 256 for caocrvfy; ddddocr has no batch call, so its figure is one call per image).
 The readers take turns for --rounds rounds and each keeps its best round, so a noisy machine
 slows all of them alike. Full-match is given for context: ddddocr was not trained on these
-captchas.
+captchas. The table is printed and the rows written to benchmarks/results/speed-vs-ddddocr-DATE.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from own_captchas import load_ddddocr, machine, write_section
+import common
 
 
 def single_latencies(read_one, items: list[bytes]) -> list[float]:
@@ -43,29 +40,31 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="caocrvfy model, repeatable (default models/captcha-6x62)")
+    p.add_argument("--model", action="append", help="caocrvfy model, repeatable (default: the shipped captcha-6x62)")
     p.add_argument("--formats", default="keras,onnx,tflite", help="(default keras,onnx,tflite)")
     p.add_argument("--count", type=int, default=1000, help="captchas read (default 1000)")
     p.add_argument("--single", type=int, default=300, help="images timed one at a time per round (default 300)")
     p.add_argument("--rounds", type=int, default=3, help="(default 3)")
     p.add_argument("--folder", type=Path, help="labelled captchas to read (default: fresh ones of the first "
                                                 "model's kind, drawn into a temp folder)")
-    p.add_argument("--write-benchmarks", type=Path, help="put the table into this markdown file")
+    common.add_results_option(p)
     args = p.parse_args()
 
-    from caocrvfy.data import CaptchaSpec, generate, read_folder
-    from caocrvfy.export import export_model
-    from caocrvfy.predict import Predictor, resolve_model_path
+    from caocrvfy.data.folders import read_folder
+    from caocrvfy.data.synthetic import CaptchaSpec, generate
+    from caocrvfy.inference import Predictor
+    from caocrvfy.inference.export import export_model
+    from caocrvfy.evaluation.scores import case_folded_full_match, full_match
+    from caocrvfy.locations import default_model, resolve_model_path
+    from caocrvfy.model_config import load_model_config
 
-    models = args.model or ["models/captcha-6x62"]
-    started, host = time.strftime("%Y-%m-%d %H:%M %Z"), machine()
-    first = Predictor.load(models[0])
-    resolved = first.config["resolved"]
+    models = args.model or [str(default_model())]
+    started, host = time.strftime("%Y-%m-%d %H:%M %Z"), common.machine()
+    first = load_model_config(resolve_model_path(models[0])[1])
     folder = args.folder
     if folder is None:
         folder = Path(tempfile.mkdtemp(prefix="caocrvfy-speed-"))
-        generate(folder, args.count, CaptchaSpec(resolved["charset"], resolved["max_length"], first.width,
-                                                 first.height))
+        generate(folder, args.count, CaptchaSpec(first.charset, first.max_length, first.width, first.height))
     found = read_folder(folder)
     paths, labels = found.paths[: args.count], found.labels[: args.count]
     images = [path.read_bytes() for path in paths]
@@ -78,7 +77,7 @@ def main() -> int:
         for fmt in args.formats.split(","):
             path = model if fmt == "keras" else export_model(model, fmt, export_dir / name / f"model.{fmt}")
             readers[f"caocrvfy {name} ({fmt})"] = Predictor.load(path)
-    ocr, peer_version = load_ddddocr()
+    ocr, peer_version = common.load_ddddocr()
     if ocr is None:
         print(peer_version)
 
@@ -111,27 +110,18 @@ def main() -> int:
     rows = []
     for name, b in best.items():
         fold = name == peer  # ddddocr reads lower case
-        right = sum((t or "").lower() == y.lower() if fold else t == y for t, y in zip(b["texts"], labels))
+        records = [(truth, text or "", 0.0) for truth, text in zip(labels, b["texts"])]
         rows.append({"reader": name, "p50_ms": 1000 * statistics.median(b["single"]),
                      "p99_ms": 1000 * percentile(b["single"], 0.99), "batch_images_per_s": b["batch"],
-                     "full_match": right / len(labels), "case_folded": fold})
+                     "full_match": (case_folded_full_match if fold else full_match)(records), "case_folded": fold})
     ref = next((r for r in rows if r["reader"] == peer), None)
 
-    import keras
-    import onnxruntime
-    import tensorflow as tf
-
+    software = ", ".join(f"{k} {v}" for k, v in common.software().items())
     lines = [
-        "## Reading speed against ddddocr (issue 6)",
+        "## Reading speed against ddddocr",
         "",
-        f"Measured {started} on {host}; Keras {keras.__version__}, TensorFlow {tf.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
-        + (f", {peer}" if peer else "") + f". {len(images):,} fresh captchas of the first model's kind "
+        f"Measured {started} on {host}; {software}. {len(images):,} captchas from {folder} "
         f"(PNG bytes in, text out), {args.rounds} rounds, best round each.",
-        "",
-        "```",
-        shlex.join(["python", "benchmarks/speed_vs_ddddocr.py", *sys.argv[1:]]),
-        "```",
         "",
         "| reader | single image p50 | p99 | vs ddddocr (latency) | batch images/s | vs ddddocr (throughput) | full-match |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -142,11 +132,9 @@ def main() -> int:
         lines.append(f"| {r['reader']} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {lat} | "
                      f"{r['batch_images_per_s']:.0f} | {thr} | {r['full_match']:.2%}"
                      f"{' (case-folded)' if r['case_folded'] else ''} |")
-    text = "\n".join(lines)
-    print(text)
-    print(json.dumps(rows))
-    if args.write_benchmarks:
-        write_section(args.write_benchmarks, lines[0], text)
+    print("\n".join(lines))
+    common.write_result("speed-vs-ddddocr", {"folder": str(folder), "images": len(images), "rounds": args.rounds,
+                                             "readers": rows}, args.results_dir, started)
     return 0
 
 

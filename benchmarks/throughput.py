@@ -1,6 +1,6 @@
 """Training and reading throughput of model variants, side by side in one process.
 
-    python benchmarks/throughput.py                      # CPU: default model, layouts, heads, XLA, bfloat16
+    python benchmarks/throughput.py                      # CPU: default model, layouts, heads, bfloat16
     python benchmarks/throughput.py --variants default   # just the default
     KERAS_BACKEND=jax python benchmarks/throughput.py --variants gpu-size,gpu-size-float16 \\
         --batch-size 256 --images 25600                  # a GPU: float32 against mixed float16
@@ -8,21 +8,27 @@
 Each variant trains on random uint8 images of the default captcha (160 x 60 grey, 6 of 62).
 The variants take turns, one epoch each, for --rounds rounds, so that a noisy machine slows
 all of them alike; the first round (compilation) is not counted and the best later epoch is
-reported, as images per second, with its ratio to the first variant listed.
+reported, as images per second, with its ratio to the first variant listed. The table is
+printed and the rows written to benchmarks/results/throughput-DATE.json.
+
+The layouts the project has since removed (patch stem, 1-D convolutions for the GRU, XLA on
+the CPU) were measured on 2026-11-23 (docs/notes/2026-11-23-cpu-training-throughput.md); their
+variants are gone with them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import caocrvfy  # noqa: F401  (first: it sets TensorFlow's CPU options before TensorFlow loads)
 import keras
 import numpy as np
 
-from caocrvfy.model_enhanced import build_model, compile_model
-from caocrvfy.pipeline import encode_targets
+import common
+from caocrvfy.data.pipeline import encode_targets
+from caocrvfy.model_enhanced import build_model
+from caocrvfy.training.compile import compile_model
 
 GPU_SIZE = {"filters": (64, 128, 192, 256), "dense_units": 256, "rnn_units": 192, "column_stride": 4}
 PREVIOUS_DEFAULT = {"filters": (32, 48, 64, 96), "column_stride": 4}  # the default before 2026-11-23 07:00
@@ -32,30 +38,25 @@ VARIANTS = {  # name: (build_model arguments, options)
     "column-stride-4": ({"column_stride": 4}, {}),
     # The steps from the previous default to this one, as measured on 2026-11-23 (BENCHMARKS.md):
     "column-stride-8": ({"filters": (32, 48, 64, 96), "column_stride": 8}, {}),
-    "column-stride-8-patch-stem": ({"filters": (32, 48, 64, 96), "column_stride": 8, "stem": "patch"}, {}),
     "column-stride-8-stem-16": ({"filters": (16, 48, 64, 96), "column_stride": 8}, {}),
     "stem-32": ({"filters": (32, 48, 64, 96)}, {}),
     "softmax-head": ({"head": "softmax"}, {}),
     "sigmoid-head": ({"head": "sigmoid"}, {}),
-    "conv-sequence": ({"sequence": "conv"}, {}),
-    "patch-stem": ({"stem": "patch"}, {}),
-    # Cheaper pieces of the default, and its training-time augmentation (issue 3, session 6):
+    # Cheaper pieces of the default, and its training-time augmentation:
     "no-attention": ({"attention": False}, {}),
     "rnn-64": ({"rnn_units": 64}, {}),
     "dense-128": ({"dense_units": 128}, {}),
     "augment": ({"augment": True}, {}),
-    # Cheaper stride-4 layouts for the 20-minute CPU budget (issue 3, session 8):
+    # Cheaper stride-4 layouts for the 20-minute CPU budget:
     "s4-rnn-64": ({"column_stride": 4, "rnn_units": 64}, {}),
-    "s4-conv-sequence": ({"column_stride": 4, "sequence": "conv"}, {}),
     "s4-filters-16-32-64-96": ({"column_stride": 4, "filters": (16, 32, 64, 96)}, {}),
     "s4-filters-16-48-48-64": ({"column_stride": 4, "filters": (16, 48, 48, 64)}, {}),
     "s4-no-attention": ({"column_stride": 4, "attention": False}, {}),
-    "xla": ({}, {"jit_compile": True}),
     "bfloat16": ({}, {"policy": "mixed_bfloat16"}),
     "gpu-size": (GPU_SIZE, {}),
     "gpu-size-float16": (GPU_SIZE, {"policy": "mixed_float16"}),
 }
-CPU_VARIANTS = "default,previous-default,column-stride-4,stem-32,softmax-head,sigmoid-head,patch-stem,xla,bfloat16"
+CPU_VARIANTS = "default,previous-default,column-stride-4,stem-32,softmax-head,sigmoid-head,bfloat16"
 
 
 def build(name: str) -> keras.Model:
@@ -63,9 +64,8 @@ def build(name: str) -> keras.Model:
     keras.mixed_precision.set_global_policy(options.get("policy", "float32"))
     try:
         model = build_model(**build_kwargs)
-        # JAX without jit runs op by op, so only TensorFlow gets the choice (as in training).
-        jit = options.get("jit_compile", False) if keras.backend.backend() == "tensorflow" else True
-        compile_model(model, jit_compile=jit)
+        # As in training: XLA on JAX (without jit it runs op by op), not on TensorFlow.
+        compile_model(model, jit_compile=keras.backend.backend() != "tensorflow")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return model
@@ -79,12 +79,16 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1536, help="images per epoch (default 1536)")
     p.add_argument("--rounds", type=int, default=4, help="epochs per variant, the first not counted (default 4)")
     p.add_argument("--batch-size", type=int, default=64, help="(default 64)")
+    common.add_results_option(p)
     args = p.parse_args()
     names = args.variants.split(",")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, 60, 160, 1), dtype=np.uint8)
     labels = rng.integers(1, 63, (args.images, 6)).astype(np.int32)
     variant = {name: name.partition("@")[0] for name in names}
+    unknown = sorted(set(variant.values()) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     batch = {name: int(name.partition("@")[2] or args.batch_size) for name in names}
     models = {name: build(variant[name]) for name in names}
     targets = {name: np.asarray(encode_targets(labels, VARIANTS[variant[name]][0].get("head", "ctc"), 62))
@@ -112,7 +116,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['params']:,} | {r['train_images_per_s']:.0f} | "
               f"{r['train_images_per_s'] / base['train_images_per_s']:.2f}x | {r['predict_images_per_s']:.0f} |")
-    print(json.dumps(rows))
+    common.write_result("throughput", {"backend": keras.backend.backend(), "batch_size": args.batch_size,
+                                       "images": args.images, "rounds": args.rounds, "variants": rows},
+                        args.results_dir)
 
 
 if __name__ == "__main__":

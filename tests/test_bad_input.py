@@ -64,6 +64,20 @@ def test_labels_csv_duplicates_missing_columns_and_paths_outside_are_listed(tmp_
     assert "row 8 needs two columns" in reasons["labels.csv row 8"]
 
 
+def test_a_folder_of_symbolic_links_to_images_elsewhere_still_reads(tmp_path):
+    import os
+
+    source = write(tmp_path / "source", ["AB12_0.png", "CD34_1.png"])
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for image in source.iterdir():
+        os.symlink(image, folder / image.name)
+    assert read_folder(folder).labels == ["AB12", "CD34"]
+    (folder / "labels.csv").write_text("./AB12_0.png,AB12\nx/../AB12_0.png,ZZ99\nCD34_1.png,CD34\n")
+    found = read_folder(folder)
+    assert found.labels == ["AB12", "CD34"] and "listed again" in dict(found.skipped)["AB12_0.png"]
+
+
 # ---------------------------------------------------------------- images
 
 

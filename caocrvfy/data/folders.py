@@ -50,6 +50,13 @@ def _label_from_name(name: str) -> str:
     return re.split(r"[_.]", name, maxsplit=1)[0]
 
 
+def _outside(name: str) -> bool:
+    """Whether a labels.csv name leaves its folder: absolute, or `..` above it. Judged on the
+    name alone, so that a folder of symbolic links to images elsewhere still reads."""
+    normal = os.path.normpath(name)
+    return os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep)
+
+
 def _read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(file, label) pairs of labels.csv, and (item, reason) for the rows that cannot be used:
     a row without both columns, or a file listed again (the first row wins)."""
@@ -63,6 +70,8 @@ def _read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str,
         if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "label"]):
             continue
         name = row[0].strip()
+        if name and "\0" not in name and not os.path.isabs(name):
+            name = os.path.normpath(name)  # ./a.png and sub/../a.png name a.png
         if len(row) < 2 or not name:
             problems.append((name or f"labels.csv row {number}", f"labels.csv row {number} needs two columns, file,label"))
         elif name in first_row:
@@ -103,11 +112,10 @@ def read_folder(
     out = LabelledSet(root, [], [], charset or "", manifest=manifest)
     for name, reason in problems:
         out.skip(name, reason)
-    inside = root.resolve()
     for name, label in pairs:
         if "\0" in name:
             out.skip(repr(name), "not a file name (it holds a NUL character)")
-        elif Path(name).is_absolute() or not (root / name).resolve().is_relative_to(inside):
+        elif _outside(name):
             out.skip(name, "refused: labels.csv may only name files inside the folder (no absolute or ../ paths)")
         elif not label:
             out.skip(name, "empty label")
