@@ -106,17 +106,21 @@ def _export(args) -> int:
 
 
 def _serve(args) -> int:
+    import os
+    from dataclasses import fields
+
     try:
         from caocrvfy.serving.app import run
-        from caocrvfy.serving.requests import Limits
+        from caocrvfy.serving.requests import API_KEY_ENV, Limits
     except ImportError as exc:
         log.error(f"caocrvfy serve needs FastAPI and uvicorn ({exc}): pip install 'caocrvfy[serve]'")
         return 2
     from caocrvfy.inference import Predictor
 
-    limits = Limits(args.max_body_bytes, args.max_images, args.max_pixels)
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})  # one option per field
     window = None if args.no_batching else args.batch_window_ms
-    run(Predictor.load(args.model), args.host, args.port, limits, args.log_level, window)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    run(Predictor.load(args.model), args.host, args.port, limits, args.log_level, window, api_key)
     return 0
 
 
@@ -182,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="file or folder (default: model.onnx, model.tflite or savedmodel/ beside the model)")
     g.set_defaults(func=_export)
 
-    g = sub.add_parser("serve", parents=[common], help="read captchas over HTTP (POST /predict, docs at /docs)")
+    g = sub.add_parser("serve", parents=[common], help="read captchas over HTTP (POST /predict; see docs/serving.md)")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="(default 8000)")
@@ -192,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images per request (default {limits.max_images})")
     g.add_argument("--max-pixels", type=int, default=limits.max_pixels,
                    help=f"width x height per image, checked before decoding (default {limits.max_pixels})")
+    g.add_argument("--header-timeout", type=float, default=limits.header_timeout, metavar="S",
+                   help="close a connection whose request header is not complete S seconds after it opened or "
+                        f"after the first byte of its next request (default {limits.header_timeout:g})")
+    g.add_argument("--body-timeout", type=float, default=limits.body_timeout, metavar="S",
+                   help=f"answer 408 when the body is not complete S seconds after the header (default "
+                        f"{limits.body_timeout:g})")
+    g.add_argument("--keep-alive-timeout", type=float, default=limits.keep_alive_timeout, metavar="S",
+                   help=f"close an idle connection S seconds after an answer (default {limits.keep_alive_timeout:g})")
+    g.add_argument("--max-connections", type=positive_int, default=limits.max_connections, metavar="N",
+                   help=f"open connections served at once; a request on one more gets 503 (default "
+                        f"{limits.max_connections})")
+    g.add_argument("--api-key", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` or `X-API-Key: KEY` on every endpoint but /healthz "
+                        "(default: $CAOCRVFY_API_KEY, else no key; the variable keeps the key out of `ps`)")
     g.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="how long the model waits to gather concurrent requests into one batch; 0 reads together "
                         "only what arrived while it was busy (default 0)")

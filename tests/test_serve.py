@@ -30,6 +30,7 @@ with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClie
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient` is deprecated")
     from fastapi.testclient import TestClient  # noqa: E402
 
+from caocrvfy.errors import DataError  # noqa: E402
 from caocrvfy.model_enhanced import build_model  # noqa: E402
 from caocrvfy.inference import Predictor  # noqa: E402
 from caocrvfy.serving.app import create_app  # noqa: E402
@@ -128,14 +129,16 @@ def test_other_sizes_and_modes_are_resized(client):
     assert response.status_code == 200 and len(response.json()["predictions"]) == 2
 
 
-def test_health_model_and_docs(client, reader):
+def test_health_model_and_schema(client, reader):
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/model").json()
     assert info["charset"] == CHARSET and info["head"] == "softmax" and info["max_length"] == 3
     assert info["input"] == {"height": 24, "width": 64, "channels": 1}
     assert info["metrics"] == {"validation": {"full_match": 0.5, "count": 2}}
     assert info["limits"]["max_images"] == LIMITS.max_images and info["format"] == "keras"
-    assert client.get("/docs").status_code == 200
+    assert info["limits"]["header_timeout"] == LIMITS.header_timeout
+    # FastAPI's pages load their scripts from a CDN and are blank offline: off, the schema stays.
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
@@ -180,6 +183,14 @@ def test_bad_requests(client, kwargs, status, words):
     assert_error(client.post("/predict", **kwargs), status, *words)
 
 
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000],
+                         ids=["arrays", "objects"])
+def test_json_nested_100000_deep(reader, body):
+    with TestClient(create_app(reader, Limits(), warmup=False)) as c:  # the body is over LIMITS' 100 kB
+        response = c.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 400, "nested too deeply")
+
+
 def test_too_many_images(client):
     five = [png()] * 5
     assert_error(client.post("/predict", files=files(*five)), 413, "more than 4 images")
@@ -209,6 +220,63 @@ def test_the_server_still_reads_after_bad_requests(client, pngs):
     client.post("/predict", files=files(forged_png(100_000, 100_000)))
     assert client.get("/healthz").status_code == 200
     assert client.post("/predict", files=files(pngs[0])).status_code == 200
+
+
+# ---------------------------------------------------------------- the API key
+
+
+@pytest.fixture(scope="module")
+def keyed(reader):
+    with TestClient(create_app(reader, LIMITS, warmup=False, api_key="s3cret")) as c:
+        yield c
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"},
+                                     {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}],
+                         ids=["none", "wrong-bearer", "wrong-x-api-key", "no-scheme", "basic"])
+def test_api_key_missing_or_wrong_gets_401(keyed, pngs, headers):
+    for response in (keyed.get("/model", headers=headers),
+                     keyed.post("/predict", files=files(pngs[0]), headers=headers)):
+        assert_error(response, 401, "no valid API key", "Authorization: Bearer KEY", "X-API-Key: KEY")
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": "Bearer s3cret"}, {"authorization": "bearer s3cret"},
+                                     {"X-API-Key": "s3cret"}], ids=["bearer", "bearer-lower-case", "x-api-key"])
+def test_api_key_right_is_served(keyed, pngs, headers):
+    assert keyed.get("/model", headers=headers).json()["charset"] == CHARSET
+    response = keyed.post("/predict", files=files(pngs[0]), headers=headers)
+    assert response.status_code == 200 and len(response.json()["predictions"][0]["text"]) == 3
+
+
+def test_healthz_needs_no_api_key(keyed):
+    assert keyed.get("/healthz").json() == {"status": "ok"}
+
+
+def test_an_empty_api_key_is_refused(reader):
+    with pytest.raises(DataError, match="API key is empty"):
+        create_app(reader, LIMITS, warmup=False, api_key=" ")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_caocrvfy_serve_passes_its_options_on(run, monkeypatch):
+    from caocrvfy import cli
+    from caocrvfy.serving import app
+
+    calls = []
+    monkeypatch.setattr(app, "run", lambda *args: calls.append(args))
+    monkeypatch.setenv("CAOCRVFY_API_KEY", "from-env")
+    assert cli.main(["serve", "--model", str(run), "--header-timeout", "2.5", "--body-timeout", "7",
+                     "--keep-alive-timeout", "3", "--max-connections", "9", "--max-images", "5"]) == 0
+    assert cli.main(["serve", "--model", str(run), "--api-key", "from-flag"]) == 0
+    (_, host, port, limits, _, _, env_key), (*_, defaults, _, _, flag_key) = calls
+    assert (host, port, env_key, flag_key) == ("127.0.0.1", 8000, "from-env", "from-flag")
+    assert limits == Limits(max_images=5, header_timeout=2.5, body_timeout=7, keep_alive_timeout=3, max_connections=9)
+    assert defaults == Limits()
+    with pytest.raises(SystemExit):  # argparse: "must be at least 1"
+        cli.main(["serve", "--model", str(run), "--max-connections", "0"])
 
 
 # ---------------------------------------------------------------- a real server
@@ -304,9 +372,11 @@ def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "caocrvfy", "serve", "--model", str(run), "--port", str(port), "--max-images", "2",
-         "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+         "--header-timeout", "1", "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "CAOCRVFY_API_KEY": "k3y"},
     )
+    key = {"X-API-Key": "k3y"}
     try:
         deadline = time.monotonic() + 120  # importing TensorFlow is slow on a busy 2-core machine
         while True:
@@ -318,11 +388,15 @@ def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):
                 pass
             assert time.monotonic() < deadline, "the server did not answer /healthz in time"
             time.sleep(0.5)
-        response = httpx.post(f"{base}/predict", files=files(pngs[0]), timeout=30)
+        response = httpx.post(f"{base}/predict", files=files(pngs[0]), headers=key, timeout=30)
         assert response.status_code == 200
         assert len(response.json()["predictions"][0]["text"]) == 3
-        assert httpx.post(f"{base}/predict", files=files(*pngs[:3]), timeout=30).status_code == 413
-        assert httpx.get(f"{base}/model", timeout=10).json()["limits"]["max_images"] == 2
+        assert httpx.post(f"{base}/predict", files=files(*pngs[:3]), headers=key, timeout=30).status_code == 413
+        assert httpx.get(f"{base}/model", headers=key, timeout=10).json()["limits"]["max_images"] == 2
+        assert httpx.get(f"{base}/model", timeout=10).status_code == 401
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as half:  # --header-timeout 1
+            half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert half.recv(100) == b""
     finally:
         server.terminate()
         try:

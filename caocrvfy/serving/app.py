@@ -5,22 +5,31 @@
     curl -H 'content-type: application/json' -d '{"images": ["iVBORw0..."]}' http://127.0.0.1:8000/predict
 
 `POST /predict` answers {"predictions": [{"index", "text", "confidence"[, "file"]}, ...]} in the
-order sent; `GET /healthz`, `GET /model` (character set, input size, head, metrics.json),
-OpenAPI docs at /docs. A request that cannot be read gets a 4xx answer {"error": "..."} naming
-the problem and the image; the server goes on. Limits (body bytes, images per request, pixels
-per image) are `Limits` fields and `caocrvfy serve` options.
+order sent; `GET /healthz`, `GET /model` (character set, input size, head, metrics.json), the
+OpenAPI schema at /openapi.json (no /docs page: FastAPI's loads its scripts from a CDN). A
+request that cannot be read gets a 4xx answer {"error": "..."} naming the problem and the
+image; the server goes on. Limits (body bytes, images per request, pixels per image, header
+and body timeouts, keep-alive, open connections) are `Limits` fields and `caocrvfy serve`
+options; with an API key every endpoint but /healthz needs it.
 """
 
+import asyncio
+import functools
+import ipaddress
 import json
 import logging
 import threading
 from dataclasses import asdict
 
 import numpy as np
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from caocrvfy.errors import DataError
 from caocrvfy.inference.predictor import PREDICT_BATCH, Predictor, bucket, jax_backend
 from caocrvfy.serving.batcher import MicroBatcher
-from caocrvfy.serving.requests import IMAGE_FIELD, BodyLimit, Limits, RequestError, decode_upload, read_images
+from caocrvfy.serving.requests import (API_KEY_ENV, IMAGE_FIELD, ApiKey, BodyLimit, Limits, RequestError,
+                                       decode_upload, read_images)
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +69,11 @@ WARMUP_BATCHES = (1, 2, 3)
 
 
 def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = True,
-               batch_window_ms: float | None = 0.0):
+               batch_window_ms: float | None = 0.0, api_key: str | None = None):
     """The FastAPI app. Decoding runs in worker threads; the model reads the images of
     concurrent requests together (`MicroBatcher`, waiting up to `batch_window_ms` to gather
-    them) or, with `batch_window_ms=None`, one request at a time behind a lock."""
-    import asyncio
+    them) or, with `batch_window_ms=None`, one request at a time behind a lock. With `api_key`,
+    every endpoint but /healthz answers 401 unless the request carries the key."""
     import contextlib
 
     from fastapi import FastAPI, Request
@@ -72,6 +81,10 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel
     from starlette.exceptions import HTTPException
+
+    if api_key is not None and not api_key.strip():
+        raise DataError(f"the API key is empty (--api-key or ${API_KEY_ENV}): give a key, or unset it to serve "
+                        "without one.")
 
     class PredictionOut(BaseModel):
         index: int
@@ -118,8 +131,12 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         if batcher is not None:
             await asyncio.to_thread(batcher.close)
 
-    app = FastAPI(title="caocrvfy", version=_version(), description="Read text captchas with a trained model.",
-                  lifespan=lifespan)
+    # FastAPI's /docs and /redoc pages load their scripts and styles from a CDN, so they are blank
+    # offline and no dependency ships them: the schema stays at /openapi.json for any viewer.
+    about = "Read text captchas with a trained model." + (
+        " Send the API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`." if api_key else "")
+    app = FastAPI(title="caocrvfy", version=_version(), description=about, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     info = model_info(predictor, limits)
 
@@ -138,7 +155,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server logged it."},
                             status_code=500)
 
-    errors = {code: {"model": ErrorOut} for code in (400, 413, 415)}
+    errors = {code: {"model": ErrorOut} for code in (400, 401, 408, 413, 415)}
 
     @app.post("/predict", response_model=PredictOut, response_model_exclude_none=True, responses=errors,
               openapi_extra={"requestBody": _REQUEST_BODY})
@@ -162,7 +179,9 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         """Character set, input size, head, limits and the model's metrics.json."""
         return info
 
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
+    if api_key:  # added last, so it runs first: a caller without the key is refused before its body is read
+        app.add_middleware(ApiKey, key=api_key)
     return app
 
 
@@ -172,12 +191,77 @@ def _version() -> str:
     return __version__
 
 
-def run(predictor: Predictor, host: str, port: int, limits: Limits = Limits(), log_level: str = "info",
-        batch_window_ms: float | None = 0.0) -> None:
-    """Serves until interrupted (Ctrl-C or SIGTERM)."""
-    import uvicorn
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol that closes a connection whose request header is not complete
+    `header_timeout` seconds after connecting, or after the first byte that follows an answer.
+    uvicorn times out idle keep-alive connections but not a header sent in part, so without
+    this a client that sends half a header and then nothing holds a connection for ever.
+    Only public attributes of `H11Protocol` are used (`cycle`, `transport`, `loop`, `client`)."""
 
-    app = create_app(predictor, limits, batch_window_ms=batch_window_ms)
+    def __init__(self, *args, header_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_timer()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        between_requests = cycle is None or cycle.response_complete
+        super().data_received(data)
+        if self.cycle is not cycle:  # h11 read a whole header and a request began
+            self._stop_timer()
+        elif between_requests and self.header_timer is None:  # the first bytes of the next request
+            self._start_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        super().connection_lost(exc)
+
+    def _start_timer(self) -> None:
+        self.header_timer = self.loop.call_later(self.header_timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _timed_out(self) -> None:
+        self.header_timer = None
+        if not self.transport.is_closing():
+            log.debug(f"closed a connection from {self.client}: no whole request header in {self.header_timeout:g} s")
+            self.transport.close()
+
+
+def server_config(app, host: str, port: int, limits: Limits = Limits(), log_level: str = "info"):
+    """uvicorn's configuration for the app: the header timeout (our protocol), the keep-alive
+    timeout and the bound on open connections from `limits`."""
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+        http=functools.partial(HeaderTimeoutProtocol, header_timeout=limits.header_timeout),
+        timeout_keep_alive=limits.keep_alive_timeout,
+        # uvicorn answers 503 when the open connections, the new one counted, reach its limit
+        limit_concurrency=limits.max_connections + 1)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def run(predictor: Predictor, host: str, port: int, limits: Limits = Limits(), log_level: str = "info",
+        batch_window_ms: float | None = 0.0, api_key: str | None = None) -> None:
+    """Serves until interrupted (Ctrl-C or SIGTERM)."""
+    app = create_app(predictor, limits, batch_window_ms=batch_window_ms, api_key=api_key)
     batching = "off" if batch_window_ms is None else f"on, window {batch_window_ms:g} ms"
-    log.info(f"serving {predictor.path} on http://{host}:{port} (docs at /docs); server-side batching {batching}")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    log.info(f"serving {predictor.path} on http://{host}:{port} (schema at /openapi.json); "
+             f"server-side batching {batching}; API key {'required' if api_key else 'off'}")
+    if not _loopback(host):
+        log.warning(f"{host} is reachable from other machines, and this server has no TLS"
+                    f"{' and no API key' if not api_key else ''}: put it behind a reverse proxy with TLS, "
+                    "authentication and rate limits (docs/serving.md).")
+    uvicorn.Server(server_config(app, host, port, limits, log_level)).run()

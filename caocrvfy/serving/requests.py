@@ -1,8 +1,11 @@
 """What a request may hold and how its images are read: limits, multipart and JSON bodies,
-base64, the body-size middleware, and one-sentence errors that name the image."""
+base64, the body middleware (size and time), the API key middleware, and one-sentence errors
+that name the image."""
 
+import asyncio
 import base64
 import binascii
+import hmac
 import io
 import json
 import logging
@@ -17,15 +20,22 @@ from caocrvfy.inference.predictor import Predictor
 log = logging.getLogger(__name__)
 
 IMAGE_FIELD = "file"
+API_KEY_ENV = "CAOCRVFY_API_KEY"  # `caocrvfy serve` reads the key from it when --api-key is not given
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold; anything larger is refused with 413 before the model runs."""
+    """What one request may hold and how long a client may take. A larger request is refused
+    with 413 before the model runs; a client that stalls is dropped, so that stalled clients
+    cannot hold the server's connections."""
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_images: int = 64
     max_pixels: int = 4_000_000  # per image, read from the header before decoding
+    header_timeout: float = 10.0  # s to send a whole request header, from connecting or the first byte after an answer
+    body_timeout: float = 30.0  # s to send the whole body once the header is in; then 408
+    keep_alive_timeout: float = 5.0  # s an idle connection stays open after an answer
+    max_connections: int = 100  # open connections served at once; a request on one more gets 503
 
 
 class RequestError(Exception):
@@ -107,6 +117,9 @@ async def read_images(request, limits: Limits) -> list[tuple[str, str | None, by
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"the body is not valid JSON ({exc}).") from exc
+        except RecursionError as exc:  # json stops at Python's recursion limit (about 1,000 levels)
+            raise RequestError(400, 'the JSON is nested too deeply to read: send {"images": [base64 strings]}.') \
+                from exc
         images = payload.get("images") if isinstance(payload, dict) else None
         if not isinstance(images, list):
             raise RequestError(400, 'the JSON must be an object {"images": [base64 strings]}.')
@@ -128,21 +141,27 @@ async def read_images(request, limits: Limits) -> list[tuple[str, str | None, by
     return items
 
 
+async def send_error(send, status: int, message: str, headers: tuple = ()) -> None:
+    """Answers {"error": message} from ASGI middleware and closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimit:
     """ASGI middleware: reads the whole body, answering 413 as soon as it passes `max_bytes`
-    (or the Content-Length says it will), then replays it to the app."""
+    (or the Content-Length says it will) and 408 when it is not complete `timeout` seconds
+    after the header, then replays it to the app."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def _refuse(self, send, size: str) -> None:
         log.info(f"refused a request body of {size} bytes (limit {self.max_bytes})")
-        body = json.dumps({"error": f"the request body is {size} bytes, over the limit of {self.max_bytes}: "
-                                    "send fewer or smaller images."}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, f"the request body is {size} bytes, over the limit of {self.max_bytes}: "
+                                    "send fewer or smaller images.")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -151,16 +170,23 @@ class BodyLimit:
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(send, declared.decode())
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(send, f"more than {size}")
-            if not message.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(self.timeout):  # for the whole body: a trickle is no better than a stall
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client went away
+                        return
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > self.max_bytes or not message.get("more_body"):
+                        break
+        except TimeoutError:
+            of = f" of {declared.decode()}" if declared else ""
+            log.info(f"dropped a request whose body stalled at {size}{of} bytes")
+            return await send_error(send, 408, f"the request body was not complete {self.timeout:g} s after its header "
+                                               f"({size}{of} bytes came): send the whole body at once.")
+        if size > self.max_bytes:
+            return await self._refuse(send, f"more than {size}")
         replayed = False
 
         async def replay():
@@ -171,3 +197,28 @@ class BodyLimit:
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+class ApiKey:
+    """ASGI middleware: every path but `open_paths` needs `Authorization: Bearer KEY` or
+    `X-API-Key: KEY`; any other request gets 401 before its body is read."""
+
+    def __init__(self, app, key: str, open_paths: tuple[str, ...] = ("/healthz",)):
+        self.app, self.key, self.open_paths = app, key.strip().encode(), frozenset(open_paths)
+
+    def _allowed(self, headers) -> bool:
+        sent = []
+        for name, value in headers:
+            if name == b"x-api-key":
+                sent.append(value.strip())
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                sent.append(value[7:].strip())
+        # compare_digest takes as long for a near miss as for a wild guess: no timing hints
+        return any(hmac.compare_digest(candidate, self.key) for candidate in sent)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or self._allowed(scope["headers"]):
+            return await self.app(scope, receive, send)
+        log.info(f"{scope['method']} {scope['path']}: 401, no valid API key")
+        await send_error(send, 401, "no valid API key: send the header `Authorization: Bearer KEY` or "
+                                    "`X-API-Key: KEY`.", headers=((b"www-authenticate", b"Bearer"),))
