@@ -108,3 +108,62 @@ def test_labels_csv_is_read_or_named(rows, raw):
         assert all(label for label in found.labels)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- HTTP parsing
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+base64_like = st.one_of(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", max_size=80),
+                        st.binary(max_size=120).map(lambda b: __import__("base64").b64encode(b).decode()),
+                        st.just(__import__("base64").b64encode(GOOD).decode()))
+NAMED = {200, 400, 401, 408, 413, 415}
+
+
+@pytest.fixture(scope="module")
+def client(reader):
+    import warnings
+
+    from caocrvfy.serving.app import create_app
+    from caocrvfy.serving.requests import Limits
+
+    with warnings.catch_warnings():  # Starlette prefers httpx2 for its TestClient and warns about httpx
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    with TestClient(create_app(reader, Limits(max_body_bytes=200_000, max_images=8), warmup=False)) as c:
+        yield c
+
+
+def answered(response, sent: int | None = None) -> None:
+    assert response.status_code in NAMED, response.text
+    body = response.json()
+    if response.status_code == 200:
+        assert sent is None or len(body["predictions"]) == sent
+    else:
+        assert isinstance(body["error"], str) and body["error"]
+
+
+@FUZZ
+@given(payload=st.one_of(json_values, st.builds(lambda images: {"images": images},
+                                                st.lists(st.one_of(base64_like, json_values), max_size=10))))
+def test_predict_json_is_answered_or_named(client, payload):
+    response = client.post("/predict", json=payload)
+    answered(response)
+
+
+@FUZZ
+@given(body=st.binary(max_size=300), content_type=st.sampled_from(
+    ["application/json", "multipart/form-data; boundary=x", "multipart/form-data", "text/plain", "image/png", ""]))
+def test_predict_raw_bodies_are_answered_or_named(client, body, content_type):
+    answered(client.post("/predict", content=body, headers={"content-type": content_type} if content_type else {}))
+
+
+@FUZZ
+@given(parts=st.lists(st.tuples(st.sampled_from(["file", "image", "files"]),
+                                st.one_of(st.binary(max_size=200), corrupted, st.just(GOOD))), max_size=10))
+def test_predict_multipart_is_answered_or_named(client, parts):
+    files = [(field, (f"f{i}.png", data, "image/png")) for i, (field, data) in enumerate(parts)]
+    response = client.post("/predict", files=files) if files else client.post("/predict", data={"x": "1"})
+    answered(response)
