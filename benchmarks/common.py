@@ -178,8 +178,7 @@ def train_run(name: str, options: list[str], out: Path, env: dict | None = None,
                 shown = now if is_epoch else shown
                 print(f"[{name}] {line.rstrip()}", flush=True)
     seconds = time.perf_counter() - start
-    for leftover in ("last.keras", "state.json"):  # only needed to resume
-        (out / leftover).unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # only needed to resume
     ok = proc.returncode == 0 and (out / "model.keras").exists()
     print(f"[{name}] exit {proc.returncode} after {seconds:.0f} s" + ("" if echo else f": {shlex.join(cmd)}")
           + ("" if ok else f"; training failed, see {out / 'train.log'}"), flush=True)

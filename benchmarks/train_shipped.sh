@@ -20,6 +20,6 @@ python3 -m caocrvfy.train "${data[@]}" --synthetic stream --train-size 204800 --
   --batch-size 256 --learning-rate 0.002 --warmup-epochs 1 --schedule cosine --time-limit "$minutes" \
   --patience 1000 --filters 64,128,192,256 --dense-units 256 --rnn-units 192 --column-stride 4 \
   --out "$out" "$@"
-rm -f "$out/last.keras" "$out/state.json"
+rm -rf "$out/checkpoint"   # only needed to resume
 python3 -m caocrvfy generate "${data[@]}" --count "${TEST_COUNT:-5000}" --out "/tmp/caocrvfy-test-$kind" >/dev/null
 python3 -m caocrvfy evaluate --model "$out" --data "/tmp/caocrvfy-test-$kind" --json | tee "$out/test.json"

@@ -9,8 +9,13 @@ one; several machines train together (MultiWorkerMirroredStrategy) when TF_CONFI
 cluster: start the same command on each, with its own task index (docs/distributed.md).
 
 Writes model.keras (best by validation full-match), config.json, history.csv, curves.png and
-metrics.json into --out (default: a new folder under models/runs/). The pieces live in
-caocrvfy/training/; this file is the entry point.
+metrics.json into --out (default: a new folder under models/runs/), and checkpoint/ after every
+epoch for --resume. The pieces live in caocrvfy/training/; this file is the entry point.
+
+Ctrl-C and SIGTERM (what a scheduler or `docker stop` sends) end a training alike: the epoch in
+progress is dropped, the best model is scored and kept, the last finished epoch's checkpoint is
+left for --resume. Exit status: 0 done, 2 a problem with the data or settings (one sentence
+says which), 130 after Ctrl-C, 143 after SIGTERM (128 + the signal's number, as a shell reports it).
 """
 
 from __future__ import annotations
@@ -21,10 +26,36 @@ if __package__ in (None, ""):  # run as a plain script path: make the package im
 
     sys.path.insert(0, str(_Path(__file__).resolve().parent.parent))
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 
 log = logging.getLogger("caocrvfy.train")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both end a training alike."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises Terminated in the main thread (Python runs signal
+    handlers there, between two steps of Keras's loop, as it does for Ctrl-C); the handler
+    that was there before is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv)  # --help and bad options end here, before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        train(cfg)
+        with sigterm_as_interrupt():
+            train(cfg)
     except DataError as exc:
         log.error(str(exc))
         return 2
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     return 0

@@ -40,7 +40,8 @@ def load_json(path: Path) -> dict:
 
 
 def test_training_writes_the_run_folder(trained_run):
-    for name in ("model.keras", "config.json", "history.csv", "curves.png", "metrics.json", "state.json"):
+    for name in ("model.keras", "config.json", "history.csv", "curves.png", "metrics.json", "checkpoint/state.json",
+                 "checkpoint/last.keras"):
         assert (trained_run / name).is_file(), name
     assert not list(trained_run.glob("*partial*"))  # atomic writes leave no temporary files
     assert (trained_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -73,7 +74,7 @@ def test_history_metrics_and_state(trained_run):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert math.isfinite(metrics["loss"])
 
-    state = load_json(trained_run / "state.json")
+    state = load_json(trained_run / "checkpoint" / "state.json")
     assert state["epoch"] == 2
     assert set(state) >= {"best", "learning_rate", "early_stopping", "plateau"}
 
@@ -81,7 +82,7 @@ def test_history_metrics_and_state(trained_run):
 def test_saved_model_is_the_reader_without_optimizer(trained_run):
     model = keras.models.load_model(trained_run / "model.keras")
     assert not model.compiled and getattr(model, "optimizer", None) is None
-    assert keras.models.load_model(trained_run / "last.keras").optimizer is not None  # for --resume
+    assert keras.models.load_model(trained_run / "checkpoint" / "last.keras").optimizer is not None  # for --resume
     assert model_head(model) == "softmax"
     assert tuple(model.input.shape) == (None, 24, 64, 1) and model.input.dtype == "uint8"
     assert model.output.shape == (None, 3, 10)
@@ -233,10 +234,10 @@ def test_time_limit_stops_early_and_keeps_the_model(tmp_path, synthetic_cache, m
     ])
     assert code == 0
     assert len(history_rows(run)) == 1  # the first epoch was cut short, validated and saved
-    assert load_json(run / "state.json")["epoch"] == 1
+    assert load_json(run / "checkpoint" / "state.json")["epoch"] == 1
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
     assert load_json(run / "config.json")["training"]["time_limit"] == 5.0
-    assert load_json(run / "state.json")["trained_seconds"] > 0
+    assert load_json(run / "checkpoint" / "state.json")["trained_seconds"] > 0
 
 
 @pytest.mark.slow
@@ -289,7 +290,7 @@ def resumed_run(tmp_path_factory, make_config) -> Path:
 def test_resume_continues_with_the_next_epoch(resumed_run):
     assert [int(r["epoch"]) for r in history_rows(resumed_run)] == [0, 1]
     assert (resumed_run / "history.csv").read_text().count("val_loss") == 1  # one header
-    assert load_json(resumed_run / "state.json")["epoch"] == 2
+    assert load_json(resumed_run / "checkpoint" / "state.json")["epoch"] == 2
     config = load_json(resumed_run / "config.json")
     assert config["training"]["resume"] == str(resumed_run) and config["model"]["charset"] == "0123456789"
 
@@ -385,7 +386,7 @@ def test_best_model_ties_on_full_match_go_to_the_lower_validation_loss(tmp_path)
         checkpoints.on_epoch_end(epoch, {cb.MONITOR: score, "val_loss": loss})
         saved.append(float(keras.models.load_model(tmp_path / "model.keras").layers[-1].get_weights()[0].flat[0]))
     assert saved == [0, 1, 2, 2, 2]  # 1.0 at loss 0.2 beats 1.0 at 0.4; neither 0.3 nor a lower score wins
-    assert load_json(tmp_path / "state.json")["best_loss"] == 0.2
+    assert load_json(tmp_path / "checkpoint" / "state.json")["best_loss"] == 0.2
 
 
 def test_several_workers_need_out_and_epochs(monkeypatch, make_config, tmp_path):

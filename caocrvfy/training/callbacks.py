@@ -1,35 +1,197 @@
 """Training callbacks: warmup, time limit, per-epoch log line, and resumable checkpoints.
 
-Checkpoints are written to a temporary name and renamed, so an interrupted run never leaves
-a half-written model; `state.json` holds what the callbacks need to carry on.
+Every file is written under a temporary name, flushed to disk (fsync) and renamed, so a run
+killed at any moment (SIGKILL included) never leaves a half-written file under a final name.
+The checkpoint for --resume is one folder, `checkpoint/`, holding `last.keras` (the model with
+its optimizer) and `state.json` (what the callbacks need to carry on, with the epoch and the
+size and SHA-256 of the `last.keras` it belongs to). It is written whole as
+`checkpoint.partial/` and swapped in by two renames (the old one to `checkpoint.old/`, the new
+one into place), so the run folder always holds one whole checkpoint: `checkpoint/`, or after a
+kill between the renames `checkpoint.old/` (`find_checkpoint`). The best model, `model.keras`,
+is written after the checkpoint that names its epoch, so a resume can redo it (`repair_best`);
+history.csv rows logged after the checkpoint are dropped on resume (`trim_history`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 import keras
 
+from caocrvfy.errors import DataError
+
 log = logging.getLogger(__name__)
 
 MONITOR = "val_full_match"
+CHECKPOINT, LAST, STATE = "checkpoint", "last.keras", "state.json"
+PARTIAL, OLD = CHECKPOINT + ".partial", CHECKPOINT + ".old"
+
+
+def fsync(path: Path) -> None:
+    """Flushes a file's data, or a folder's list of names, to disk."""
+    if os.name == "nt" and path.is_dir():  # Windows cannot open a folder; its renames are journalled
+        return
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.stem + "-partial.keras")
+    tmp = path.with_name(path.stem + "-partial.keras")  # Keras wants the .keras ending
     model.save(tmp)
+    fsync(tmp)
     os.replace(tmp, path)
+    fsync(path.parent)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync(path.parent)
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(data, indent=2, default=float), path)
+
+
+def _fingerprint(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A whole checkpoint: the folder holding last.keras and the state.json that belongs to it."""
+
+    folder: Path
+    state: dict
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / LAST
+
+
+def save_checkpoint(model: keras.Model, state: dict, run_dir: Path) -> None:
+    """Writes `checkpoint/` anew; whenever this is killed, a whole checkpoint remains."""
+    final, partial, old = run_dir / CHECKPOINT, run_dir / PARTIAL, run_dir / OLD
+    shutil.rmtree(partial, ignore_errors=True)  # left by a kill: never read
+    partial.mkdir()
+    model.save(partial / LAST)
+    fsync(partial / LAST)
+    state = {**state, "last_keras": _fingerprint(partial / LAST)}
+    (partial / STATE).write_text(json.dumps(state, indent=2, default=float))
+    fsync(partial / STATE)
+    fsync(partial)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)  # only ever removed while checkpoint/ is whole
+        os.replace(final, old)
+    os.replace(partial, final)
+    fsync(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    for legacy in (LAST, STATE):  # a run folder from before checkpoint/, now resumed
+        (run_dir / legacy).unlink(missing_ok=True)
+
+
+def _read_checkpoint(folder: Path) -> Checkpoint:
+    """The checkpoint in `folder`; ValueError or OSError says why it is not whole."""
+    state = json.loads((folder / STATE).read_text())
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError(f"{folder / STATE} names no epoch")
+    if not (folder / LAST).is_file():
+        raise ValueError(f"{folder / LAST} is missing")
+    expected = state.get("last_keras")  # absent in run folders written before checkpoint/
+    if expected is not None and _fingerprint(folder / LAST) != expected:
+        raise ValueError(f"{folder / LAST} is not the file its state.json (epoch {state['epoch']}) belongs to")
+    return Checkpoint(folder, state)
+
+
+def find_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The run's whole checkpoint: `checkpoint/`, else `checkpoint.old/` (a kill between the two
+    renames of `save_checkpoint`), else last.keras and state.json at the top (run folders written
+    before checkpoint/). None when there is none; DataError when one is there but broken. Reads only."""
+    problems = []
+    for folder in (run_dir / CHECKPOINT, run_dir / OLD, run_dir):
+        if not (folder / STATE).exists():
+            continue
+        try:
+            return _read_checkpoint(folder)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError(f"{run_dir} holds no whole checkpoint ({'; '.join(problems)}): start a new training instead.")
+    return None
+
+
+def tidy_checkpoints(run_dir: Path) -> None:
+    """Leaves exactly one checkpoint folder, `checkpoint/`, and no temporary files: what a kill
+    may have left (a partial checkpoint or model, `checkpoint.old/`) is removed or put in place."""
+    final, old = run_dir / CHECKPOINT, run_dir / OLD
+    shutil.rmtree(run_dir / PARTIAL, ignore_errors=True)
+    for tmp in run_dir.glob("*-partial.keras"):
+        tmp.unlink(missing_ok=True)
+    for tmp in run_dir.glob("*.partial"):
+        if tmp.is_file():
+            tmp.unlink()
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, final)
+            fsync(run_dir)
+
+
+def repair_best(checkpoint: Checkpoint, best_model: Path) -> None:
+    """model.keras is written just after the checkpoint whose epoch it is: when that epoch is
+    the checkpoint's own, the run may have been killed in between, so it is copied again."""
+    if checkpoint.state.get("best_epoch") != checkpoint.state["epoch"]:
+        return
+    tmp = best_model.with_name(best_model.stem + "-partial.keras")
+    shutil.copyfile(checkpoint.model_path, tmp)
+    fsync(tmp)
+    os.replace(tmp, best_model)
+    fsync(best_model.parent)
+
+
+def trim_history(path: Path, epochs: int) -> None:
+    """Keeps history.csv's header and its whole rows of the first `epochs` epochs: a run killed
+    after logging an epoch but before its checkpoint was whole logs that epoch again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    first = [line.split(",", 1)[0] for line in lines]
+    kept = lines[:1] + [line for line, epoch in zip(lines[1:], first[1:])
+                        if line.endswith("\n") and epoch.isdigit() and int(epoch) < epochs]
+    if kept != lines:
+        write_text_atomic("".join(kept), path)
+
+
+def settle(run_dir: Path) -> Checkpoint | None:
+    """At the end of a run, which an interrupt or a failure may have ended in the middle of a
+    save: one whole checkpoint, model.keras and history.csv as they belong to it, and no
+    temporary files."""
+    tidy_checkpoints(run_dir)
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is not None:
+        repair_best(checkpoint, run_dir / "model.keras")
+        trim_history(run_dir / "history.csv", checkpoint.state["epoch"])
+    return checkpoint
 
 
 def current_lr(model: keras.Model) -> float:
@@ -209,21 +371,24 @@ def _loss_or_inf(loss: float | None) -> float:
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Saves the best model as model.keras and, every epoch, the last model with its optimizer
-    plus state.json, so `--resume` loses at most the epoch in progress.
+    """Every epoch, saves the checkpoint (the last model with its optimizer, and state.json) and,
+    when the epoch is the best so far, model.keras, so `--resume` loses at most the epoch in
+    progress.
 
     Best means the highest `MONITOR`; on a tie, the lower validation loss. Small validation
     sets reach 100% full-match early, and the loss still tells the later, better epochs apart.
+    `saved`: the checkpoints written by this run.
     """
 
     def __init__(self, run_dir: Path, early_stopping: ResumableEarlyStopping,
                  plateau: ResumableReduceLROnPlateau, best: float | None = None, best_loss: float | None = None,
-                 trained_seconds: float = 0.0):
+                 trained_seconds: float = 0.0, best_epoch: int | None = None):
         super().__init__()
         self.run_dir = run_dir
         self.early_stopping, self.plateau = early_stopping, plateau
-        self.best, self.best_loss = best, best_loss
+        self.best, self.best_loss, self.best_epoch = best, best_loss, best_epoch
         self.trained_before = trained_seconds
+        self.saved = 0
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
@@ -236,19 +401,28 @@ class Checkpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         score, loss = logs.get(MONITOR), logs.get("val_loss")
-        if score is not None and self.is_better(float(score), None if loss is None else float(loss)):
+        better = score is not None and self.is_better(float(score), None if loss is None else float(loss))
+        if better:
             self.best, self.best_loss = float(score), None if loss is None else float(loss)
-            save_model_atomic(self.model, self.run_dir / "model.keras")
-        save_model_atomic(self.model, self.run_dir / "last.keras")
-        write_json_atomic(
-            {
-                "epoch": epoch + 1,
-                "best": self.best,
-                "best_loss": self.best_loss,
-                "learning_rate": current_lr(self.model),
-                "early_stopping": self.early_stopping.state(),
-                "plateau": self.plateau.state(),
-                "trained_seconds": round(self.trained_before + time.monotonic() - self.start, 1),
-            },
-            self.run_dir / "state.json",
-        )
+            self.best_epoch = epoch + 1
+        state = {
+            "epoch": epoch + 1,
+            "best": self.best,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,  # model.keras's epoch
+            "learning_rate": current_lr(self.model),
+            "early_stopping": self.early_stopping.state(),
+            "plateau": self.plateau.state(),
+            "trained_seconds": round(self.trained_before + time.monotonic() - self.start, 1),
+        }
+        best_model = self.run_dir / "model.keras"
+        # The best model goes after the checkpoint naming its epoch (a kill in between leaves the
+        # previous best, and a resume writes this one), except the first, so that a checkpoint
+        # never comes without a best model beside it.
+        first = better and not best_model.exists()
+        if first:
+            save_model_atomic(self.model, best_model)
+        save_checkpoint(self.model, state, self.run_dir)
+        self.saved += 1
+        if better and not first:
+            save_model_atomic(self.model, best_model)

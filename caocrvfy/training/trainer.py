@@ -1,13 +1,13 @@
 """One training run, start to finish: it only orchestrates the pieces of `caocrvfy.training`.
 
 Writes model.keras (best by validation full-match), config.json, history.csv, curves.png and
-metrics.json into the run folder, and last.keras plus state.json after every epoch for --resume.
+metrics.json into the run folder, and after every epoch checkpoint/ (last.keras and state.json)
+for --resume; a failed run leaves FAILED, or no folder at all when no epoch finished.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -25,6 +25,7 @@ from caocrvfy.training.datasets import TrainingData, load_data
 
 log = logging.getLogger(__name__)
 
+FAILED = "FAILED"  # in a run folder whose last run failed: the reason, in one sentence
 FINISH_MINUTES = 0.75  # after the time limit: the cut epoch's validation, saving, the curves, the final scores
 
 
@@ -71,7 +72,7 @@ def plan_run(cfg: TrainConfig, data: TrainingData, architecture: dict, saved: Mo
                    keras_backend=backend, keras_version=keras.__version__)
 
 
-def _model_for(cfg: TrainConfig, plan: RunPlan, state: dict, run_dir: Path, init_source):
+def model_for_run(cfg: TrainConfig, plan: RunPlan, checkpoint: cb.Checkpoint | None, init_source):
     """The compiled model and the epoch to start from: the last checkpoint on --resume, else
     a new model (with --init's weights where they fit)."""
     import keras
@@ -80,9 +81,10 @@ def _model_for(cfg: TrainConfig, plan: RunPlan, state: dict, run_dir: Path, init
     from caocrvfy.training.compile import compile_model
     from caocrvfy.training.warm_start import transfer_weights
 
-    if state:
+    if checkpoint:
+        state = checkpoint.state
         log.info(f"resuming after epoch {state['epoch']} at learning rate {state['learning_rate']:.2e}")
-        model = keras.models.load_model(run_dir / "last.keras")
+        model = keras.models.load_model(checkpoint.model_path)
         allow_jit_on_jax(model)
         model.jit_compile = plan.jit_compile
         model.steps_per_execution = plan.steps_per_execution
@@ -101,15 +103,20 @@ def loss_options(cfg: TrainConfig) -> dict:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Runs one training and returns the run folder."""
+    """Runs one training and returns the run folder.
+
+    A KeyboardInterrupt (Ctrl-C; `caocrvfy train` turns SIGTERM into one) ends the training
+    after the last finished epoch: the best model is scored and kept, the checkpoint is left for
+    --resume, and the interrupt is raised again. A run that ends, failed or interrupted, before
+    any epoch finished removes the run folder it made (one that was there before is left, with
+    a FAILED file after a failure); a run that fails later leaves FAILED, the reason in one
+    sentence, beside a checkpoint that --resume continues from (a run of the folder that ends
+    well removes it).
+    """
     import keras
 
-    from caocrvfy.data.pipeline import StreamBatches, make_dataset
-    from caocrvfy.training.compile import compile_model
-    from caocrvfy.training.curves import plot_curves
-    from caocrvfy.training.distribute import (describe_device, distribution_strategy, on_gpu,
-                                              patch_keras_for_multi_worker)
     from caocrvfy.startup import captured_native_stderr
+    from caocrvfy.training.distribute import describe_device, distribution_strategy, on_gpu
     from caocrvfy.training.warm_start import architecture, read_init
 
     started = time.monotonic()
@@ -128,10 +135,11 @@ def train(cfg: TrainConfig) -> Path:
     chief_dir = Path(cfg.out or locations.runs_dir() / time.strftime("%Y%m%d-%H%M%S"))
     # Other workers write their copies to a scratch folder, removed at the end; all resume from the chief's.
     run_dir = chief_dir if is_chief else chief_dir / f".worker-{worker}"
-    state_path = chief_dir / "state.json"
-    state = json.loads(state_path.read_text()) if cfg.resume and state_path.exists() else {}
-    if cfg.resume and not state:
-        raise DataError(f"{chief_dir} has no state.json: nothing to resume; start a new training instead.")
+    checkpoint = cb.find_checkpoint(chief_dir) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
+        raise DataError(f"{chief_dir} holds no checkpoint ({cb.CHECKPOINT}/{cb.STATE}): nothing to resume; "
+                        "start a new training instead.")
+    state = checkpoint.state if checkpoint else {}
     saved = model_config_of(read_config(chief_dir / "config.json")) if state else None
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
@@ -141,13 +149,66 @@ def train(cfg: TrainConfig) -> Path:
     init_source, init_config = read_init(cfg) if cfg.init and not state else (None, None)
     chosen = architecture(cfg, init_config)
     data = load_data(cfg, channels=saved.channels if saved else chosen["channels"], saved=saved)
-    plan = plan_run(cfg, data, chosen, saved, device, gpu)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = plan_run(cfg, data, chosen, saved, device, gpu)
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        progress: dict = {}  # _run keeps its Checkpoints callback here: what it saved decides the clean-up
+        try:
+            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init_source, started, progress)
+        except BaseException as exc:
+            if is_chief:
+                saved_epochs = progress["checkpoints"].saved if "checkpoints" in progress else 0
+                after_failure(run_dir, created, bool(state) or saved_epochs > 0, exc)
+            raise
+    finally:
+        if data.stream:
+            data.stream.close()
+        if not is_chief:  # the chief writes the run folder; this worker's copy was scratch
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return chief_dir
+
+
+def after_failure(run_dir: Path, created: bool, finished_epoch: bool, exc: BaseException) -> None:
+    """Removes a run folder this run made that holds no finished epoch; otherwise marks a failed
+    one with a FAILED file (an interrupted one is left as it is, to be resumed)."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    try:
+        if created and not finished_epoch:
+            shutil.rmtree(run_dir)
+            log.warning(f"{'interrupted' if interrupted else 'failed'} before the first epoch finished: "
+                        f"removed the run folder {run_dir}")
+            return
+        if interrupted:  # in fit it was handled there; later it may only have cut a save short
+            cb.tidy_checkpoints(run_dir)
+        else:  # it may have come in the middle of a save
+            cb.settle(run_dir)
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            resume = f"; continue with --resume {run_dir}" if finished_epoch else ""
+            cb.write_text_atomic(f"training failed: {reason}{resume}\n", run_dir / FAILED)
+    except (OSError, DataError) as cleanup:  # the failure itself is what the user must see
+        log.warning(f"could not clean up {run_dir} after the failure: {cleanup}")
+
+
+def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Checkpoint | None, run_dir: Path,
+         strategy, is_chief: bool, init_source, started: float, progress: dict) -> None:
+    """The run once its folder exists: the model, fit, and the best model's scores."""
+    import keras
+
+    from caocrvfy.data.pipeline import StreamBatches, make_dataset
+    from caocrvfy.training.compile import compile_model
+    from caocrvfy.training.curves import plot_curves
+    from caocrvfy.training.distribute import patch_keras_for_multi_worker
+
+    state = checkpoint.state if checkpoint else {}
+    if checkpoint and is_chief:  # what a kill may have left one epoch ahead of the checkpoint
+        cb.repair_best(checkpoint, run_dir / "model.keras")
+        cb.trim_history(run_dir / "history.csv", state["epoch"])
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model, initial_epoch = _model_for(cfg, plan, state, chief_dir, init_source)
+        model, initial_epoch = model_for_run(cfg, plan, checkpoint, init_source)
     if strategy is not None and os.environ.get("TF_CONFIG"):
         patch_keras_for_multi_worker(model)
-    (run_dir / "config.json").write_text(saved_config_json(cfg, plan))
+    cb.write_text_atomic(saved_config_json(cfg, plan), run_dir / "config.json")
     log.info(f"model {model.name}: {model.count_params():,} parameters, input {plan.model.input_shape}, "
              f"{plan.model.num_classes} characters, up to {plan.model.max_length} per captcha, "
              f"augmentation {'on' if plan.model.augment else 'off'}")
@@ -173,6 +234,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.schedule == "cosine":
         schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, cfg.epochs,
                                       plan.steps_per_epoch, budget, already=trained)]
+    checkpoints = cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
+                                 best_epoch=state.get("best_epoch"), trained_seconds=trained)
     callbacks = [
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,
@@ -180,30 +243,32 @@ def train(cfg: TrainConfig) -> Path:
         cb.EpochLog(cfg.epochs),
         early,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
-        cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
-                       trained_seconds=trained),
+        checkpoints,
     ]
-    interrupted = False
+    progress["checkpoints"] = checkpoints
+    interrupted: KeyboardInterrupt | None = None
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=plan.steps_per_epoch if data.stream else None, callbacks=callbacks, verbose=0,
                   shuffle=False)  # the pipelines shuffle
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        if not (state or checkpoints.saved):
+            raise  # nothing to keep: train() removes the folder
+        interrupted = exc
         log.warning(f"interrupted: the last finished epoch is saved; continue with --resume {run_dir}")
-    finally:
-        if data.stream:
-            data.stream.close()
-    if not is_chief:  # the chief writes the run folder; this worker's copy was scratch
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not is_chief:
         if interrupted:
-            raise KeyboardInterrupt
-        return chief_dir
+            raise interrupted
+        return
 
-    if (run_dir / "history.csv").exists():
-        plot_curves(run_dir / "history.csv", run_dir / "curves.png", cfg.warmup_epochs, plateau.reductions)
+    if interrupted:  # it may have come in the middle of a save
+        cb.settle(run_dir)
+    else:  # a resume that trained no epoch leaves checkpoint.old/ of a kill between renames
+        cb.tidy_checkpoints(run_dir)
     if not (run_dir / "model.keras").exists():
         raise DataError(f"no epoch finished, so {run_dir} holds no model; run again.")
+    if (run_dir / "history.csv").exists():
+        plot_curves(run_dir / "history.csv", run_dir / "curves.png", cfg.warmup_epochs, plateau.reductions)
     # The shipped file keeps weights and architecture only: no optimizer state, a third the size.
     best = keras.models.load_model(run_dir / "model.keras", compile=False)
     cb.save_model_atomic(best, run_dir / "model.keras")
@@ -214,6 +279,6 @@ def train(cfg: TrainConfig) -> Path:
     log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
              f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
              f"-> {run_dir / 'model.keras'}")
+    (run_dir / FAILED).unlink(missing_ok=True)  # left by an earlier run of this folder that failed
     if interrupted:
-        raise KeyboardInterrupt
-    return chief_dir
+        raise interrupted
