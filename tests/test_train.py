@@ -314,7 +314,7 @@ def test_resume_without_state_is_refused(tmp_path):
 def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit):
         config_from_args(["--resume", str(tmp_path)])
-    assert "config.json is missing" in capsys.readouterr().err
+    assert "is not a run folder (it has no config.json)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", [["--conv-dropout", "1"], ["--time-limit", "0"], ["--filters", "8,0"],

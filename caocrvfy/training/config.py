@@ -237,6 +237,9 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
                                    namespace=argparse.Namespace(**dict.fromkeys(fields, _UNSET))))
     named = {k: v for k, v in named.items() if v is not _UNSET}
     if "resume" in named:
+        if not (Path(named["resume"]) / "config.json").is_file():
+            parser.error(f"--resume {named['resume']} is not a run folder (it has no config.json): give the folder "
+                         "a training wrote, or start a new training.")
         try:
             saved = read_config(Path(named["resume"]) / "config.json")
         except DataError as exc:
