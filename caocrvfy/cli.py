@@ -23,8 +23,13 @@ log = logging.getLogger("caocrvfy")
 def _generate(args) -> int:
     from caocrvfy.data.charset import parse_charset
     from caocrvfy.data.synthetic import CaptchaSpec, generate
+    from caocrvfy.errors import DataError
 
-    spec = CaptchaSpec(parse_charset(args.charset), args.length, args.width, args.height)
+    try:
+        charset = parse_charset(args.charset)
+    except ValueError as exc:
+        raise DataError(f"--charset: {exc}") from exc
+    spec = CaptchaSpec(charset, args.length, args.width, args.height)
     out = args.out or Path("data") / f"captcha-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}"
     folder = generate(out, args.count, spec, workers=args.workers)
     print(folder)
@@ -134,6 +139,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value:g}")
+    return value
+
+
+def non_negative_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of milliseconds, not {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value:g}")
+    return value
+
+
+def port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
     from caocrvfy.data.synthetic import CaptchaSpec
@@ -151,12 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", parents=[common], help="make labelled captchas with the captcha library")
     g.add_argument("--charset", default=DEFAULT_CHARSET_SPEC,
                    help=f"characters, ranges allowed (default {DEFAULT_CHARSET_SPEC})")
-    g.add_argument("--length", type=int, default=spec.length, help=f"characters per captcha (default {spec.length})")
-    g.add_argument("--width", type=int, default=spec.width, help=f"(default {spec.width})")
-    g.add_argument("--height", type=int, default=spec.height, help=f"(default {spec.height})")
-    g.add_argument("--count", type=int, default=1000, help="images wanted in the folder (default 1000)")
+    g.add_argument("--length", type=positive_int, default=spec.length, help=f"characters per captcha (default {spec.length})")
+    g.add_argument("--width", type=positive_int, default=spec.width, help=f"(default {spec.width})")
+    g.add_argument("--height", type=positive_int, default=spec.height, help=f"(default {spec.height})")
+    g.add_argument("--count", type=positive_int, default=1000, help="images wanted in the folder (default 1000)")
     g.add_argument("--out", help="folder (default data/captcha-LxN-WxH); an existing one is topped up")
-    g.add_argument("--workers", type=int, help="processes (default: every CPU core)")
+    g.add_argument("--workers", type=positive_int, help="processes (default: every CPU core)")
     g.set_defaults(func=_generate)
 
     sub.add_parser("train", help="train a model (see `caocrvfy train --help`)", add_help=False)
@@ -189,20 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("serve", parents=[common], help="read captchas over HTTP (POST /predict; see docs/serving.md)")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
-    g.add_argument("--port", type=int, default=8000, help="(default 8000)")
-    g.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+    g.add_argument("--port", type=port, default=8000, help="(default 8000)")
+    g.add_argument("--max-body-bytes", type=positive_int, default=limits.max_body_bytes,
                    help=f"larger requests get 413 (default {limits.max_body_bytes})")
-    g.add_argument("--max-images", type=int, default=limits.max_images,
+    g.add_argument("--max-images", type=positive_int, default=limits.max_images,
                    help=f"images per request (default {limits.max_images})")
-    g.add_argument("--max-pixels", type=int, default=limits.max_pixels,
+    g.add_argument("--max-pixels", type=positive_int, default=limits.max_pixels,
                    help=f"width x height per image, checked before decoding (default {limits.max_pixels})")
-    g.add_argument("--header-timeout", type=float, default=limits.header_timeout, metavar="S",
+    g.add_argument("--header-timeout", type=positive_seconds, default=limits.header_timeout, metavar="S",
                    help="close a connection whose request header is not complete S seconds after it opened or "
                         f"after the first byte of its next request (default {limits.header_timeout:g})")
-    g.add_argument("--body-timeout", type=float, default=limits.body_timeout, metavar="S",
+    g.add_argument("--body-timeout", type=positive_seconds, default=limits.body_timeout, metavar="S",
                    help=f"answer 408 when the body is not complete S seconds after the header (default "
                         f"{limits.body_timeout:g})")
-    g.add_argument("--keep-alive-timeout", type=float, default=limits.keep_alive_timeout, metavar="S",
+    g.add_argument("--keep-alive-timeout", type=positive_seconds, default=limits.keep_alive_timeout, metavar="S",
                    help=f"close an idle connection S seconds after an answer (default {limits.keep_alive_timeout:g})")
     g.add_argument("--max-connections", type=positive_int, default=limits.max_connections, metavar="N",
                    help=f"open connections served at once; a request on one more gets 503 (default "
@@ -210,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", metavar="KEY",
                    help="require `Authorization: Bearer KEY` or `X-API-Key: KEY` on every endpoint but /healthz "
                         "(default: $CAOCRVFY_API_KEY, else no key; the variable keeps the key out of `ps`)")
-    g.add_argument("--batch-window-ms", type=float, default=0.0,
+    g.add_argument("--batch-window-ms", type=non_negative_ms, default=0.0,
                    help="how long the model waits to gather concurrent requests into one batch; 0 reads together "
                         "only what arrived while it was busy (default 0)")
     g.add_argument("--no-batching", action="store_true", help="read one request at a time (see BENCHMARKS.md)")

@@ -99,6 +99,11 @@ class ModelConfig:
         for name in ("conv_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(name, "must be at least 0 and below 1")
+        steps = -(-self.width // self.column_stride)
+        if self.head == "ctc" and steps < 2 * self.max_length + 1:
+            bad("width", f"gives {steps} CTC steps, too few for {self.max_length} characters; use a width of at "
+                         f"least {self.column_stride * (2 * self.max_length + 1)}"
+                         f"{' or a column stride of 4' if self.column_stride == 8 else ''}")
         return self
 
     def check_outputs(self, shape: tuple, source: str, model: str) -> None:
@@ -129,7 +134,9 @@ class ModelConfig:
                             "it was written by a newer caocrvfy, or edited by hand.")
         try:
             return cls(**data).check(source)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
             raise DataError(f"{source}: {exc}.") from exc
 
 

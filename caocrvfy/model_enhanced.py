@@ -15,7 +15,7 @@ import dataclasses
 import keras
 from keras import layers
 
-from caocrvfy.model_config import COLUMN_STRIDES, HEADS, ModelConfig
+from caocrvfy.model_config import HEADS, ModelConfig
 
 
 def _conv_block(x, filters: int, strides=1, name: str = ""):
@@ -56,16 +56,7 @@ def build_model(config: ModelConfig | None = None, **fields) -> keras.Model:
     (batch, width / column_stride, num_classes + 1) for `ctc`, (batch, max_length, num_classes)
     otherwise.
     """
-    cfg = dataclasses.replace(config or ModelConfig(), **fields)
-    if cfg.head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, not {cfg.head!r}")
-    if cfg.column_stride not in COLUMN_STRIDES:
-        raise ValueError(f"column_stride must be 4 or 8, not {cfg.column_stride!r}")
-    steps = -(-cfg.width // cfg.column_stride)
-    if cfg.head == "ctc" and steps < 2 * cfg.max_length + 1:
-        raise ValueError(f"width {cfg.width} gives {steps} CTC steps, too few for {cfg.max_length} characters; "
-                         f"use a width of at least {cfg.column_stride * (2 * cfg.max_length + 1)}"
-                         f"{' or a column stride of 4' if cfg.column_stride == 8 else ''}.")
+    cfg = dataclasses.replace(config or ModelConfig(), **fields).check("build_model")  # DataError, a ValueError
     filters, head = cfg.filters, cfg.head
     inputs = keras.Input(cfg.input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1 / 255, name="scale")(inputs)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")  # in caocrvfy[test]; the README's test command installs it
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -14,6 +14,9 @@ import time
 import keras
 import pytest
 
+# Real servers on sockets with 1 s timeouts: timed, so outside the deterministic default run.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 

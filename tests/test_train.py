@@ -325,6 +325,21 @@ def test_settings_out_of_range_are_refused_by_name(option, capsys):
     assert option[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("options,message", [
+    (["--loss", "bogus"], "--loss: loss 'bogus'"), (["--loss", "dice"], "--loss dice needs per-position outputs"),
+    (["--width", "40"], "--width 40 gives 5 CTC steps"), (["--charset", " "], "--charset is empty"),
+    (["--resume", "RUN", "--learning-rate", "0.1"], "--resume keeps the run's settings"),
+])
+def test_settings_that_cannot_work_are_refused_before_any_work(options, message, capsys, tmp_path):
+    options = [str(tmp_path) if o == "RUN" else o for o in options]
+    if "--resume" in options:
+        config = {"version": 2, "model": ModelConfig().to_json(), "training": TrainConfig().to_json()}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit):
+        config_from_args(options)
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", [["--input-scale", "0.5"], ["--no-cache"], ["--total-time-limit", "20"],
                                     ["--stream-workers", "2"], ["--no-focal-loss"], ["--class-weights"]])
 def test_removed_options_are_refused_by_name(option, capsys):

@@ -18,9 +18,11 @@ def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: 
     their image paths, and the skipped items with reasons. Case-folded when asked or when the
     model was trained with --ignore-case."""
     # Labels the model cannot read (characters outside its set, another length for a
-    # fixed-length model) are skipped and listed, not scored.
-    found = read_folder(folder, charset=predictor.charset, length=predictor.length, ignore_case=ignore_case)
-    fold = fold_case if ignore_case or predictor.ignore_case else (lambda s: s)
+    # fixed-length model) are skipped and listed, not scored; compared case-folded, the set is too.
+    folded = ignore_case or predictor.ignore_case
+    charset = "".join(sorted(set(fold_case(predictor.charset)))) if folded else predictor.charset
+    found = read_folder(folder, charset=charset, length=predictor.length, ignore_case=folded)
+    fold = fold_case if folded else (lambda s: s)
     label_of = dict(zip(found.paths, found.labels))
     records, paths, skipped = [], [], list(found.skipped)
     counter = Progress(len(found.paths), "read") if progress else None

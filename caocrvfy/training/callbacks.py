@@ -1,7 +1,8 @@
 """Training callbacks: warmup, time limit, per-epoch log line, and resumable checkpoints.
 
-Every file is written under a temporary name, flushed to disk (fsync) and renamed, so a run
-killed at any moment (SIGKILL included) never leaves a half-written file under a final name.
+The models, state and JSON files are written under a temporary name, flushed to disk (fsync)
+and renamed, so a run killed at any moment (SIGKILL included) never leaves one half-written
+under its final name (history.csv is Keras's CSVLogger's, appended; `trim_history` mends it).
 The checkpoint for --resume is one folder, `checkpoint/`, holding `last.keras` (the model with
 its optimizer) and `state.json` (what the callbacks need to carry on, with the epoch and the
 size and SHA-256 of the `last.keras` it belongs to). It is written whole as

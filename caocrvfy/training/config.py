@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"synthetic image height (default {d.height}; for --data: 64, width from the images)")
     g.add_argument("--channels", type=int, choices=(1, 3), help=f"1 grey or 3 colour (default {d.channels})")
     g.add_argument("--train-size", type=int,
-                   help=f"synthetic training images; with --synthetic stream the ring buffer's size (default {d.train_size})")
+                   help=f"synthetic training images, an epoch's worth; with --synthetic stream the images drawn before "
+                        f"training starts, in a ring buffer of at least {STREAM_MIN_CAPACITY} (default {d.train_size})")
     g.add_argument("--val-size", type=int, help=f"synthetic validation images (default {d.val_size})")
     g.add_argument("--val-fraction", type=float,
                    help=f"share of --data held out, chosen by file name (default {d.val_fraction})")
@@ -244,12 +245,38 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
             saved = read_config(Path(named["resume"]) / "config.json")
         except DataError as exc:
             parser.error(f"--resume {named['resume']}: {exc}")
+        ignored = sorted(set(named) - set(BUDGET) - {"resume"})
+        if ignored:
+            parser.error(f"--resume keeps the run's settings; only {', '.join('--' + b.replace('_', '-') for b in BUDGET)} "
+                         f"may be given again, not {', '.join('--' + n.replace('_', '-') for n in ignored)}")
         cfg = dataclasses.replace(TrainConfig.from_json(saved["training"]), resume=named["resume"],
                                   out=named["resume"], **{k: named[k] for k in BUDGET if k in named})
     else:
         cfg = TrainConfig(**named, given=tuple(name for name in ARCHITECTURE if name in named))
     check_ranges(parser, cfg)
+    check_choices(parser, cfg)
     return cfg
+
+
+def check_choices(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
+    """Settings that cannot work together, refused before anything is drawn or built."""
+    from caocrvfy.losses import parse_loss
+
+    try:
+        terms, _ = parse_loss(cfg.loss)
+    except ValueError as exc:
+        parser.error(f"--loss: {exc}")
+    if cfg.head == "ctc" and (len(terms) > 1 or terms[0] not in ("focal", "ce")):
+        parser.error(f"--loss {cfg.loss} needs per-position outputs: give --head softmax or sigmoid, "
+                     "or --loss focal or ce for the ctc head")
+    if cfg.charset is not None and not cfg.charset.strip():
+        parser.error("--charset is empty: give characters such as 0-9a-z")
+    if not cfg.data and not cfg.init:  # synthetic captchas: the model's input is known now
+        try:
+            ModelConfig(max_length=cfg.length, height=cfg.height, width=cfg.width, head=cfg.head,
+                        column_stride=cfg.column_stride).check("the options")
+        except DataError as exc:
+            parser.error(str(exc).replace("the options: ", "--"))
 
 
 def saved_config_json(cfg: TrainConfig, plan: RunPlan) -> str:
