@@ -34,9 +34,13 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="runs, data cache and test set go here")
     p.add_argument("--variants", default="30000:15,52000:8,90000:4,150000:2",
                    help="comma-separated TRAIN_SIZE:EPOCHS[:PEAK_RATE] (default: the 20-minute CPU budgets)")
-    p.add_argument("--learning-rate", type=float, default=0.0012, help="peak rate (default 0.0012, the default)")
-    p.add_argument("--batch-size", type=int, default=64, help="(default 64)")
-    p.add_argument("--val-size", type=int, default=2000, help="(default 2000)")
+    from caocrvfy.training.config import BATCH, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                   help=f"peak rate (default {d.learning_rate}, the training default)")
+    p.add_argument("--batch-size", type=int, default=BATCH, help=f"(default {BATCH})")
+    p.add_argument("--val-size", type=int, default=d.val_size, help=f"(default {d.val_size})")
     p.add_argument("--test-size", type=int, default=3000, help="(default 3000)")
     p.add_argument("--parallel", type=int, default=1, help="variants trained at once (default 1)")
     common.add_results_option(p)

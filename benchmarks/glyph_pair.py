@@ -73,13 +73,13 @@ def draw_glyphs(job: tuple[str, int]) -> np.ndarray:
     return out
 
 
-def draw_pair(pair: str, count: int, width: int, height: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def draw_pair(pair: str, count: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """`count` glyphs of each character of `pair`, shuffled, with labels 0 and 1."""
     from caocrvfy.data.synthetic import CaptchaSpec, drawing_pool
 
     chunk = 500
     jobs = [(c, min(chunk, count - start)) for c in pair for start in range(0, count, chunk)]
-    with drawing_pool(workers, CaptchaSpec(pair, 1, width, height)) as pool:
+    with drawing_pool(workers, CaptchaSpec(pair, 1, CANVAS[1], CANVAS[0])) as pool:
         parts = pool.map(draw_glyphs, jobs)
     images = np.concatenate(parts)[..., None]
     labels = np.concatenate([np.full(job[1], pair.index(job[0]), np.float32) for job in jobs])
@@ -109,11 +109,11 @@ def wilson(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), centre + half
 
 
-def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...], width: int, height: int) -> dict:
+def bound(pair: str, train: int, test: int, epochs: int, filters: tuple[int, ...]) -> dict:
     import keras
 
     start = time.perf_counter()
-    x, y = draw_pair(pair, train + test, width, height)
+    x, y = draw_pair(pair, train + test)
     drawn = time.perf_counter() - start
     x_train, y_train, x_test, y_test = x[: 2 * train], y[: 2 * train], x[2 * train:], y[2 * train:]
     model = glyph_classifier(filters, x.shape[1:3])
@@ -161,8 +161,6 @@ def main() -> None:
     p.add_argument("--test", type=int, default=10_000, help="fresh test glyphs per character (default 10000)")
     p.add_argument("--epochs", type=int, default=12, help="(default 12)")
     p.add_argument("--filters", default="16,32,64", help="classifier widths (default 16,32,64)")
-    p.add_argument("--width", type=int, default=128, help="captcha width, for the library's settings (default 128)")
-    p.add_argument("--height", type=int, default=64, help="captcha height (default 64)")
     p.add_argument("--model", help="also measure this reader on --data")
     p.add_argument("--data", help="folder of fresh labelled captchas for --model")
     p.add_argument("--skip-bound", action="store_true", help="only measure --model")
@@ -173,7 +171,7 @@ def main() -> None:
     result = {}
     if not args.skip_bound:
         filters = tuple(int(v) for v in args.filters.split(","))
-        result["glyphs"] = bound(args.pair, args.train, args.test, args.epochs, filters, args.width, args.height)
+        result["glyphs"] = bound(args.pair, args.train, args.test, args.epochs, filters)
     if args.model and args.data:
         result["reader"] = reader_pair_error(args.pair, args.model, args.data)
     print(json.dumps(result, indent=2))

@@ -27,10 +27,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, parse_charset
+from caocrvfy.data.synthetic import CaptchaSpec
 from caocrvfy.errors import DataError
 
 VERSION = 2
+_CAPTCHA = CaptchaSpec()  # the default reader reads the default synthetic captcha
 HEADS = ("ctc", "softmax", "sigmoid")
 COLUMN_STRIDES = (4, 8)
 
@@ -47,12 +48,12 @@ class ModelConfig:
     training. ignore_case: the labels were case-folded, so readings compare case-folded.
     """
 
-    charset: str = parse_charset(DEFAULT_CHARSET_SPEC)
-    max_length: int = 6
+    charset: str = _CAPTCHA.charset
+    max_length: int = _CAPTCHA.length
     fixed_length: bool = True
     head: str = "ctc"
-    height: int = 60
-    width: int = 160
+    height: int = _CAPTCHA.height
+    width: int = _CAPTCHA.width
     channels: int = 1
     filters: tuple[int, ...] = (16, 48, 64, 96)
     dense_units: int = 192

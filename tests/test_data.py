@@ -86,7 +86,7 @@ def test_synthetic_stream_fills_and_samples(tiny_spec):
         assert images.reshape(8, -1).std(1).min() > 0  # drawn captchas, not the empty buffer
     finally:
         stream.close()
-    assert not stream._thread.is_alive()  # close() leaves no filling thread behind
+    assert not stream.filling  # close() leaves no filling thread behind
 
 
 def test_synthetic_stream_keeps_captchas_at_the_model_size(tiny_spec):

@@ -501,3 +501,38 @@ def test_a_run_that_fails_after_an_epoch_is_marked_and_resumable(tmp_path, make_
     monkeypatch.undo()
     trainer.train(config_from_args(["--resume", str(run)]))
     assert_finished(run, 3)  # FAILED removed by the run that ended well
+
+
+def test_every_file_and_folder_is_flushed_to_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    # A rename is only durable after the data it names is on disk: record the order.
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.path.realpath(src)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cb.os, "fsync", fsync)
+    monkeypatch.setattr(cb.os, "replace", replace)
+    model = marked_model(1.0)
+    cb.save_checkpoint(model, {"epoch": 1}, tmp_path)
+    cb.save_checkpoint(model, {"epoch": 2}, tmp_path)  # the second swaps the first out
+    cb.save_model_atomic(model, tmp_path / "model.keras")
+    cb.write_json_atomic({"a": 1}, tmp_path / "metrics.json")
+    flushed = set()
+    for kind, path in calls:
+        if kind == "fsync":
+            flushed.add(path)
+            continue
+        source = Path(path)
+        if source.name == cb.CHECKPOINT:  # the old checkpoint moving aside: flushed when it was written
+            continue
+        assert path in flushed, f"{path} renamed before it was flushed"
+        if source.is_dir():
+            assert {str(p) for p in source.iterdir()} <= flushed, f"{path}'s files renamed unflushed"
+    assert sum(kind == "replace" for kind, _ in calls) >= 4
+    assert str(tmp_path) in flushed  # the renames themselves flushed in the run folder

@@ -23,6 +23,7 @@ from caocrvfy.errors import DataError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"  # written by `caocrvfy generate` beside the captchas it draws
+LABELLED_HEIGHT = 64  # the model's input height for a labelled folder; the width follows the images
 
 
 @dataclass
@@ -177,7 +178,7 @@ def is_validation(name: str, fraction: float) -> bool:
     return zlib.crc32(name.encode("utf-8")) % 10_000 < fraction * 10_000
 
 
-def choose_input_size(paths: list[Path], height: int = 64) -> tuple[int, int]:
+def choose_input_size(paths: list[Path], height: int = LABELLED_HEIGHT) -> tuple[int, int]:
     """A fixed height and a width (multiple of 8) from the median aspect ratio of the images."""
     ratios = []
     for path in paths[:500]:

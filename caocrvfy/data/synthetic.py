@@ -250,6 +250,11 @@ class SyntheticStream:
             idx = rng.integers(0, self.filled, size=n)
             return self.images[idx], self.labels[idx]
 
+    @property
+    def filling(self) -> bool:
+        """Whether the thread that keeps the buffer full is still running."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         """Stops the filling thread (within about half a second), then the drawing processes."""
         self._stop.set()

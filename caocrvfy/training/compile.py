@@ -39,7 +39,7 @@ def make_loss(head: str, loss: str = "focal", loss_weights=None, focal_gamma: fl
 
 def compile_model(model: keras.Model, learning_rate: float | None = None, jit_compile: bool | str = "auto",
                   steps_per_execution: int = 1, **loss_options) -> keras.Model:
-    """Adam (initial rate 0.0012) and the head's loss (`make_loss`'s keywords in `loss_options`:
+    """Adam (initial rate DEFAULT_LEARNING_RATE) and the head's loss (`make_loss`'s keywords in `loss_options`:
     BinaryFocalLoss for sigmoid, categorical focal for softmax, focal-weighted CTC for ctc by
     default); a loss of several terms adds one `<term>_term` metric per term."""
     head = model_head(model)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from caocrvfy import focal_loss
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
+from caocrvfy.data.folders import LABELLED_HEIGHT
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ARCHITECTURE, COLUMN_STRIDES, HEADS, ModelConfig, read_config
 from caocrvfy.training.compile import DEFAULT_LEARNING_RATE
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--length", type=int, help=f"synthetic captcha length (default {d.length})")
     g.add_argument("--width", type=int, help=f"synthetic image width (default {d.width})")
     g.add_argument("--height", type=int,
-                   help=f"synthetic image height (default {d.height}; for --data: 64, width from the images)")
+                   help=f"synthetic image height (default {d.height}; for --data: {LABELLED_HEIGHT}, width from the "
+                        "images)")
     g.add_argument("--channels", type=int, choices=(1, 3), help=f"1 grey or 3 colour (default {d.channels})")
     g.add_argument("--train-size", type=int,
                    help=f"synthetic training images, an epoch's worth; with --synthetic stream the images drawn before "

@@ -77,7 +77,7 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None) -> Tra
     elif found.manifest:
         height, width = found.manifest["height"], found.manifest["width"]
     else:
-        height, width = folders.choose_input_size(found.paths, height=64)
+        height, width = folders.choose_input_size(found.paths)
     images, labels, paths = folders.load_images(found, height, width, channels)
     found.report_skipped()
     charset = saved.charset if saved is not None else found.charset
