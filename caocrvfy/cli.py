@@ -129,34 +129,26 @@ def _serve(args) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def at_least(kind: type, low: float, what: str, strict: bool = False):
+    """An argparse type: a `kind` (int or float) of at least `low` (above it when `strict`), else
+    one message naming the bound."""
+    bound = f"above {low:g}" if strict else f"{low:g} or more" if low == 0 else f"at least {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"give {what}, not {text!r}") from None
+        if not (value > low if strict else value >= low):  # NaN is neither
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value:g}")
+        return value
+
+    return parse
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give a number of seconds, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {value:g}")
-    return value
-
-
-def non_negative_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give a number of milliseconds, not {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value:g}")
-    return value
+positive_int = at_least(int, 1, "a whole number")
+positive_seconds = at_least(float, 0, "a number of seconds", strict=True)
+non_negative_ms = at_least(float, 0, "a number of milliseconds")
 
 
 def port(text: str) -> int:
