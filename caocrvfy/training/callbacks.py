@@ -123,14 +123,22 @@ def _read_checkpoint(folder: Path) -> Checkpoint:
     return Checkpoint(folder, state)
 
 
+def _checkpoint_folders(run_dir: Path) -> list[Path]:
+    """Where a checkpoint may be, newest layout first: folders that hold a state.json."""
+    return [folder for folder in (run_dir / CHECKPOINT, run_dir / OLD, run_dir) if (folder / STATE).exists()]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether an epoch of this run folder was saved (whole or not, the folder is worth keeping)."""
+    return bool(_checkpoint_folders(run_dir))
+
+
 def find_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The run's whole checkpoint: `checkpoint/`, else `checkpoint.old/` (a kill between the two
     renames of `save_checkpoint`), else last.keras and state.json at the top (run folders written
     before checkpoint/). None when there is none; DataError when one is there but broken. Reads only."""
     problems = []
-    for folder in (run_dir / CHECKPOINT, run_dir / OLD, run_dir):
-        if not (folder / STATE).exists():
-            continue
+    for folder in _checkpoint_folders(run_dir):
         try:
             return _read_checkpoint(folder)
         except (OSError, ValueError) as exc:

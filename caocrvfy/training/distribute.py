@@ -22,9 +22,9 @@ def _version(text: str) -> tuple[int, int]:
 
 
 def on_gpu() -> bool:
-    from caocrvfy.startup import list_devices_quietly
+    import keras
 
-    return any(d.lower().startswith(("gpu", "cuda")) for d in list_devices_quietly())
+    return any(d.lower().startswith(("gpu", "cuda")) for d in keras.distribution.list_devices())
 
 
 def describe_device() -> str:

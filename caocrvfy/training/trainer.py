@@ -16,7 +16,7 @@ from pathlib import Path
 
 from caocrvfy import locations
 from caocrvfy.errors import DataError
-from caocrvfy.model_config import ModelConfig, model_config_of, read_config
+from caocrvfy.model_config import ModelConfig, load_model_config
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
                                       PLATEAU_FACTOR, SMALL_BATCH, SMALL_SET_BELOW, RunPlan, TrainConfig,
@@ -140,7 +140,7 @@ def train(cfg: TrainConfig) -> Path:
         raise DataError(f"{chief_dir} holds no checkpoint ({cb.CHECKPOINT}/{cb.STATE}): nothing to resume; "
                         "start a new training instead.")
     state = checkpoint.state if checkpoint else {}
-    saved = model_config_of(read_config(chief_dir / "config.json")) if state else None
+    saved = load_model_config(chief_dir / "config.json") if state else None
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -153,13 +153,11 @@ def train(cfg: TrainConfig) -> Path:
         plan = plan_run(cfg, data, chosen, saved, device, gpu)
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        progress: dict = {}  # _run keeps its Checkpoints callback here: what it saved decides the clean-up
         try:
-            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init_source, started, progress)
+            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init_source, started)
         except BaseException as exc:
-            if is_chief:
-                saved_epochs = progress["checkpoints"].saved if "checkpoints" in progress else 0
-                after_failure(run_dir, created, bool(state) or saved_epochs > 0, exc)
+            if is_chief:  # a saved epoch, this run's or a resumed one's, decides the clean-up
+                after_failure(run_dir, created, cb.has_checkpoint(run_dir), exc)
             raise
     finally:
         if data.stream:
@@ -191,7 +189,7 @@ def after_failure(run_dir: Path, created: bool, finished_epoch: bool, exc: BaseE
 
 
 def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Checkpoint | None, run_dir: Path,
-         strategy, is_chief: bool, init_source, started: float, progress: dict) -> None:
+         strategy, is_chief: bool, init_source, started: float) -> None:
     """The run once its folder exists: the model, fit, and the best model's scores."""
     import keras
 
@@ -245,7 +243,6 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
         checkpoints,
     ]
-    progress["checkpoints"] = checkpoints
     interrupted: KeyboardInterrupt | None = None
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
