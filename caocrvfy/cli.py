@@ -45,7 +45,10 @@ def _predict(args) -> int:
         log.error("no image files found in the inputs given: name image files or folders of them.")
         return 2
     failures = 0
+    readings = []
     for path, prediction, error in reader.predict_files(paths, batch_size=args.batch_size):
+        if prediction is not None:
+            readings.append((path, prediction))
         if error:
             failures += 1
             log.error(f"{path}: {error}; skipped")
@@ -55,9 +58,35 @@ def _predict(args) -> int:
             print(json.dumps({"file": str(path), "text": prediction.text, "confidence": round(prediction.confidence, 6)}))
         else:
             print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}")
+    if args.labels_csv:
+        write_labels_csv(readings, Path(args.labels_csv))
     if failures:
         log.error(f"{failures} of {len(paths)} file(s) could not be read (listed above); the others were read")
     return 1 if failures else 0
+
+
+def write_labels_csv(readings: list, out: Path) -> None:
+    """The readings as a labels.csv (file,label,confidence), most doubtful first, for a person to
+    correct and train on; file names are relative to the CSV's folder where they can be."""
+    import csv
+    import io
+
+    from caocrvfy.training.callbacks import write_text_atomic
+
+    def name(path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(out.resolve().parent))
+        except ValueError:
+            return str(path.resolve())
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "label", "confidence"])
+    for path, prediction in sorted(readings, key=lambda item: item[1].confidence):
+        writer.writerow([name(path), prediction.text, f"{prediction.confidence:.4f}"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(buffer.getvalue(), out)
+    log.info(f"wrote {len(readings)} readings to {out}, most doubtful first: correct them, then train with --data")
 
 
 def _evaluate(args) -> int:
@@ -193,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH,
                    help=f"images per model call (default {PREDICT_BATCH})")
+    g.add_argument("--labels-csv", metavar="OUT",
+                   help="also write the readings as a labels.csv (file,label,confidence), most doubtful first, "
+                        "to correct by hand and train on with --data")
     g.set_defaults(func=_predict)
 
     g = sub.add_parser("evaluate", parents=[common], help="accuracy on a labelled folder")

@@ -19,6 +19,7 @@ from pathlib import Path
 from caocrvfy.errors import DataError
 
 DEFAULT_MODEL_NAME = "captcha-6x62"  # what `caocrvfy predict` reads without --model
+BASE_MODEL_NAME = "base"  # where `caocrvfy train --data` starts without --init
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -45,6 +46,12 @@ def models_dir() -> Path:
 def default_model() -> Path:
     """The shipped model `caocrvfy predict` reads when no --model is given."""
     return models_dir() / DEFAULT_MODEL_NAME
+
+
+def base_model() -> Path:
+    """The shipped base reader: pretrained on varied synthetic text, where `caocrvfy train
+    --data` starts by default."""
+    return models_dir() / BASE_MODEL_NAME
 
 
 def runs_dir() -> Path:

@@ -44,7 +44,7 @@ def make_config(synthetic_cache):
         settings = dict(
             charset="0-9", length=3, width=64, height=24, train_size=32, val_size=16,
             cache_dir=str(synthetic_cache), batch_size=16, epochs=2, warmup_epochs=1,
-            out=str(out), **TINY_MODEL,
+            out=str(out), init="none", **TINY_MODEL,  # not the base reader, which --data starts from by default
         )
         settings.update(overrides)
         return TrainConfig(**settings)

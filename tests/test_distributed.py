@@ -32,7 +32,7 @@ def test_two_workers_train_together_and_the_chief_saves(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     model_flags = ["--filters", ",".join(map(str, TINY_MODEL["filters"])), "--dense-units",
                    str(TINY_MODEL["dense_units"]), "--rnn-units", str(TINY_MODEL["rnn_units"])]
-    cmd = [sys.executable, "-m", "caocrvfy.train", "--data", str(data), "--height", "24", "--epochs", "2",
+    cmd = [sys.executable, "-m", "caocrvfy.train", "--data", str(data), "--init", "none", "--height", "24", "--epochs", "2",
            "--batch-size", "8", "--warmup-epochs", "1", "--augment", "off", *model_flags, "--out", str(out)]
     workers = []
     for index in range(2):

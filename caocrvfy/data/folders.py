@@ -173,6 +173,28 @@ def load_images(
     return np.stack(images), labels, paths
 
 
+def unlabelled_set(root: str | Path, exclude: list[Path] = ()) -> LabelledSet:
+    """The image files of a folder, labels empty, without `exclude` (the labelled images, when
+    the two folders are one); files that are not images are listed as skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder: give a folder of unlabelled images.")
+    known = {p.resolve() for p in exclude}
+    out = LabelledSet(root, [], [], "")
+    for path in sorted(root.iterdir()):
+        if path.name in ("labels.csv", MANIFEST) or path.is_dir() or path.resolve() in known:
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            out.skip(path.name, "not an image file (by its suffix)")
+            continue
+        out.paths.append(path)
+        out.labels.append("")
+    if not out.paths:
+        out.report_skipped()
+        raise DataError(f"{root} has no image files besides the labelled ones: give a folder of unlabelled captchas.")
+    return out
+
+
 def is_validation(name: str, fraction: float) -> bool:
     """Deterministic split by file name: the same file always lands on the same side."""
     return zlib.crc32(name.encode("utf-8")) % 10_000 < fraction * 10_000

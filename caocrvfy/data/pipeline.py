@@ -62,7 +62,8 @@ class ArrayBatches(keras.utils.PyDataset):
 
 
 class StreamBatches(keras.utils.PyDataset):
-    """Random batches drawn from a `SyntheticStream` that is refilled while training runs.
+    """Random batches drawn from a `SyntheticStream` that is refilled while training runs, or
+    from anything else with its `sample(rng, n)` (the `--unlabelled` pool of pseudo-labels).
 
     With `workers` > 1, that many threads prepare batches ahead of the training step (Keras's
     own enqueuer), so a fast device does not wait for the copy out of the ring buffer.

@@ -35,19 +35,34 @@ class CaptchaSpec:
     """What a synthetic captcha looks like."""
 
     charset: str = parse_charset(DEFAULT_CHARSET_SPEC)
-    length: int = 6
+    length: int = 6  # the longest label
     width: int = 160
     height: int = 60
+    style: str = "captcha"  # or "varied": caocrvfy.data.varied, drawn at site-like sizes, resized to width x height
+    min_length: int | None = None  # None: every label has `length` characters
+
+    @property
+    def shortest(self) -> int:
+        return self.length if self.min_length is None else self.min_length
+
+    @property
+    def fixed_length(self) -> bool:
+        return self.shortest == self.length
 
 
 _worker_generator = None
+_worker_varied = None
 
 
-def _init_worker(width: int, height: int) -> None:
+def _init_worker(width: int, height: int, style: str = "captcha", charset: str = "") -> None:
     from captcha.image import ImageCaptcha
 
-    global _worker_generator
+    global _worker_generator, _worker_varied
     _worker_generator = ImageCaptcha(width=width, height=height)
+    if style == "varied":
+        from caocrvfy.data.varied import VariedDrawer
+
+        _worker_varied = VariedDrawer(charset)
 
 
 def worker_captcha():
@@ -62,30 +77,39 @@ def drawing_pool(workers: int, spec: CaptchaSpec):
     """A process pool that draws captchas; its workers skip importing Keras (see __init__)."""
     os.environ["CAOCRVFY_DRAWING_WORKER"] = "1"
     try:
-        return mp.get_context("spawn").Pool(workers, _init_worker, (spec.width, spec.height))
+        return mp.get_context("spawn").Pool(workers, _init_worker, (spec.width, spec.height, spec.style, spec.charset))
     finally:
         del os.environ["CAOCRVFY_DRAWING_WORKER"]
 
 
-def _random_labels(charset: str, length: int, count: int) -> list[str]:
+def _random_labels(spec: CaptchaSpec, count: int) -> list[str]:
+    if _worker_varied is not None:
+        return _worker_varied.labels(spec.charset, spec.shortest, spec.length, count)
     rng = np.random.default_rng()
-    picks = rng.integers(0, len(charset), size=(count, length))
-    return ["".join(charset[i] for i in row) for row in picks]
+    picks = rng.integers(0, len(spec.charset), size=(count, spec.length))
+    return ["".join(spec.charset[i] for i in row) for row in picks]
+
+
+def _drawn(spec: CaptchaSpec, label: str) -> Image.Image:
+    """One captcha at the spec's size: the `captcha` library's, or a varied one resized."""
+    if _worker_varied is None:
+        return _worker_generator.generate_image(label)
+    return _worker_varied.image(label).resize((spec.width, spec.height), Image.BILINEAR)
 
 
 def _write_chunk(job: tuple[str, CaptchaSpec, int, int]) -> int:
     out_dir, spec, start, count = job
-    for index, label in zip(range(start, start + count), _random_labels(spec.charset, spec.length, count)):
-        _worker_generator.write(label, os.path.join(out_dir, f"{label}_{index}.png"))
+    for index, label in zip(range(start, start + count), _random_labels(spec, count)):
+        _drawn(spec, label).save(os.path.join(out_dir, f"{label}_{index}.png"))
     return count
 
 
 def _array_chunk(job: tuple[CaptchaSpec, int, int, tuple[int, int]]) -> tuple[np.ndarray, list[str]]:
     """`count` captchas as uint8 arrays of `size` (height, width): resized as `open_image` does."""
     spec, count, channels, (height, width) = job
-    labels = _random_labels(spec.charset, spec.length, count)
+    labels = _random_labels(spec, count)
     mode = "L" if channels == 1 else "RGB"
-    drawn = (_worker_generator.generate_image(label).convert(mode) for label in labels)
+    drawn = (_drawn(spec, label).convert(mode) for label in labels)
     if (height, width) != (spec.height, spec.width):
         drawn = (im.resize((width, height), Image.BILINEAR) for im in drawn)
     images = np.stack([np.asarray(im) for im in drawn]).reshape(count, height, width, channels)
@@ -101,7 +125,16 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
 def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:
     """Where `caocrvfy train` caches the synthetic captchas of `spec` for `split` (train, val)."""
     key = hashlib.sha1(spec.charset.encode()).hexdigest()[:8]
-    return Path(cache_dir) / f"synthetic-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
+    kind = "" if spec.style == "captcha" and spec.fixed_length else f"{spec.style}-{spec.shortest}to"
+    return Path(cache_dir) / f"synthetic-{kind}{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
+
+
+_OLD_DEFAULTS = {"style": "captcha", "min_length": None}  # manifests written before these existed
+
+
+def _manifest_fields(spec: CaptchaSpec) -> dict:
+    return {"charset": spec.charset, "length": spec.length, "width": spec.width, "height": spec.height,
+            "style": spec.style, "min_length": spec.min_length}
 
 
 def _captcha_version() -> str:
@@ -122,8 +155,8 @@ def generate(
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        mine = {"charset": spec.charset, "length": spec.length, "width": spec.width, "height": spec.height}
-        if {k: old.get(k) for k in mine} != mine:
+        mine = _manifest_fields(spec)
+        if {k: old.get(k, _OLD_DEFAULTS.get(k)) for k in mine} != mine:
             raise DataError(f"{out} holds captchas of another kind ({manifest_path}); choose another folder.")
     existing = [m for m in (_GENERATED.match(p.name) for p in out.iterdir()) if m]
     have = len(existing)
@@ -138,10 +171,7 @@ def generate(
             for n in pool.imap_unordered(_write_chunk, jobs):
                 progress.update(n)
     manifest = {
-        "charset": spec.charset,
-        "length": spec.length,
-        "width": spec.width,
-        "height": spec.height,
+        **_manifest_fields(spec),
         "count": have + need,
         "captcha_version": _captcha_version(),
     }

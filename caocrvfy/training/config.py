@@ -16,6 +16,7 @@ from pathlib import Path
 from caocrvfy import focal_loss
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
 from caocrvfy.data.folders import LABELLED_HEIGHT
+from caocrvfy.data.varied import STYLES
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ARCHITECTURE, COLUMN_STRIDES, HEADS, ModelConfig, read_config
 from caocrvfy.training.compile import DEFAULT_LEARNING_RATE
@@ -37,8 +38,11 @@ class TrainConfig:
 
     # data
     data: str | None = None
+    unlabelled: str | None = None
     charset: str | None = None
     length: int = _MODEL.max_length
+    min_length: int | None = None  # None: synthetic labels all have --length characters
+    style: str = "captcha"
     width: int = _MODEL.width  # synthetic captchas are drawn at the model's input size
     height: int = _MODEL.height
     channels: int = _MODEL.channels
@@ -76,7 +80,7 @@ class TrainConfig:
     # output
     out: str | None = None
     resume: str | None = None
-    # architecture settings named on the command line: they win over --init's
+    # architecture settings named on the command line (they win over --init's), and patience if named
     given: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -132,9 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", help="folder of labelled images (default: synthetic captchas)")
+    g.add_argument("--unlabelled", help="folder of unlabelled images of the same kind, for --data: the model's "
+                                        "confident readings of them are trained on, refreshed as it improves "
+                                        "(labelled files in it are left out)")
     g.add_argument("--charset", help=f"characters, ranges allowed (default: {DEFAULT_CHARSET_SPEC} for synthetic, "
                                      "inferred from the labels for --data)")
-    g.add_argument("--length", type=int, help=f"synthetic captcha length (default {d.length})")
+    g.add_argument("--length", type=int, help=f"synthetic captcha length, the longest with --min-length "
+                                              f"(default {d.length})")
+    g.add_argument("--min-length", type=int, help="shortest synthetic label; lengths are drawn evenly from "
+                                                  "--min-length to --length (default: all --length)")
+    g.add_argument("--style", choices=STYLES,
+                   help="synthetic captchas: captcha (the captcha library) or varied (many fonts, colours, sizes, "
+                        "noise and warps, resized to --width x --height: the base reader's pretraining) "
+                        f"(default {d.style})")
     g.add_argument("--width", type=int, help=f"synthetic image width (default {d.width})")
     g.add_argument("--height", type=int,
                    help=f"synthetic image height (default {d.height}; for --data: {LABELLED_HEIGHT}, width from the "
@@ -169,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--head-dropout", type=float, help=f"dropout before the output layer (default {d.head_dropout})")
     g.add_argument("--augment", choices=("auto", "on", "off"),
                    help=f"augmentation (default auto: on below {AUGMENT_BELOW} labelled training images)")
-    g.add_argument("--init", help="start from this trained model (run folder or model.keras): its "
+    g.add_argument("--init", help="start from this trained model (run folder or model.keras), or none; by default "
+                                  "a --data training starts from the shipped base reader (models/base): its "
                                   "architecture is used (settings given here win, e.g. --column-stride 4 to finish a "
                                   "stride-8 model at stride 4) and its weights copied; the output layer is "
                                   "new when the number of characters differs")
@@ -204,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RANGES = {  # setting: (lowest, highest, whether the lowest is allowed)
-    "length": (1, None, True), "width": (1, None, True), "height": (1, None, True),
+    "length": (1, None, True), "min_length": (1, None, True), "width": (1, None, True), "height": (1, None, True),
     "train_size": (1, None, True), "val_size": (1, None, True), "val_fraction": (0.0, 1.0, False),
     "dense_units": (1, None, True), "rnn_units": (1, None, True), "conv_dropout": (0.0, 0.95, True),
     "head_dropout": (0.0, 0.95, True), "epochs": (1, None, True), "batch_size": (1, None, True),
@@ -254,7 +269,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         cfg = dataclasses.replace(TrainConfig.from_json(saved["training"]), resume=named["resume"],
                                   out=named["resume"], **{k: named[k] for k in BUDGET if k in named})
     else:
-        cfg = TrainConfig(**named, given=tuple(name for name in ARCHITECTURE if name in named))
+        cfg = TrainConfig(**named, given=tuple(name for name in ARCHITECTURE + ("patience",) if name in named))
     check_ranges(parser, cfg)
     check_choices(parser, cfg)
     return cfg
@@ -271,9 +286,13 @@ def check_choices(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
     if cfg.head == "ctc" and (len(terms) > 1 or terms[0] not in ("focal", "ce")):
         parser.error(f"--loss {cfg.loss} needs per-position outputs: give --head softmax or sigmoid, "
                      "or --loss focal or ce for the ctc head")
+    if cfg.unlabelled and not cfg.data:
+        parser.error("--unlabelled needs --data: the labelled images calibrate which readings are trusted")
+    if cfg.min_length is not None and cfg.min_length > cfg.length:
+        parser.error(f"--min-length {cfg.min_length} is above --length {cfg.length}: the longest label comes last")
     if cfg.charset is not None and not cfg.charset.strip():
         parser.error("--charset is empty: give characters such as 0-9a-z")
-    if not cfg.data and not cfg.init:  # synthetic captchas: the model's input is known now
+    if not cfg.data and cfg.init in (None, "none"):  # synthetic captchas: the model's input is known now
         try:
             ModelConfig(max_length=cfg.length, height=cfg.height, width=cfg.width, head=cfg.head,
                         column_stride=cfg.column_stride).check("the options")

@@ -34,6 +34,7 @@ class TrainingData:
     width: int
     train_images: int
     stream: synthetic.SyntheticStream | None = None
+    unlabelled: np.ndarray | None = None  # uint8 images for --unlabelled
 
 
 def stream_workers() -> int:
@@ -46,7 +47,8 @@ def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None)
     character set and length."""
     if cfg.data:
         return _labelled(cfg, channels, saved)
-    spec = synthetic.CaptchaSpec(parse_charset(cfg.charset or DEFAULT_CHARSET_SPEC), cfg.length, cfg.width, cfg.height)
+    spec = synthetic.CaptchaSpec(parse_charset(cfg.charset or DEFAULT_CHARSET_SPEC), cfg.length, cfg.width, cfg.height,
+                                 cfg.style, cfg.min_length)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else locations.cache_dir()
 
     def drawn(split: str, count: int):
@@ -54,7 +56,7 @@ def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None)
             images, labels = synthetic.draw_arrays(count, spec, channels)
             return images, encode_labels(labels, spec.charset, spec.length)
         folder = synthetic.generate(synthetic.cache_folder(cache_dir, spec, split), count, spec)
-        found = folders.read_folder(folder, charset=spec.charset, length=spec.length)
+        found = folders.read_folder(folder, charset=spec.charset, length=spec.length if spec.fixed_length else None)
         chosen = folders.LabelledSet(found.root, found.paths[:count], found.labels[:count], spec.charset)
         images, labels, _ = folders.load_images(chosen, spec.height, spec.width, channels, dedupe=False)
         return images, encode_labels(labels, spec.charset, spec.length)
@@ -66,7 +68,8 @@ def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None)
                                            initial=cfg.train_size)
     else:
         train = drawn("train", cfg.train_size)
-    return TrainingData(train, val, spec.charset, spec.length, True, spec.height, spec.width, cfg.train_size, stream)
+    return TrainingData(train, val, spec.charset, spec.length, spec.fixed_length, spec.height, spec.width,
+                        cfg.train_size, stream)
 
 
 def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None) -> TrainingData:
@@ -91,7 +94,14 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None) -> Tra
         val = np.zeros(len(paths), bool)
         val[:: max(2, int(round(1 / max(cfg.val_fraction, 1e-3))))] = True
     y = encode_labels(labels, charset, max_length)
+    unlabelled = None
+    if cfg.unlabelled:
+        # Every labelled file is left out, validation ones too: they must stay unseen.
+        others = folders.unlabelled_set(cfg.unlabelled, exclude=found.paths + [found.root / n for n, _ in found.skipped])
+        unlabelled, _, _ = folders.load_images(others, height, width, channels)
+        others.report_skipped()
+        log.info(f"{cfg.unlabelled}: {len(unlabelled)} unlabelled images, {len(others.skipped)} skipped")
     log.info(f"{cfg.data}: {len(paths)} images ({(~val).sum()} train, {val.sum()} validation), "
              f"{len(found.skipped)} skipped, lengths {sorted({len(s) for s in labels})}, character set {charset!r}")
     return TrainingData((images[~val], y[~val]), (images[val], y[val]), charset, max_length, fixed, height, width,
-                        int((~val).sum()))
+                        int((~val).sum()), unlabelled=unlabelled)

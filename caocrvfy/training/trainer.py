@@ -8,6 +8,7 @@ for --resume; a failed run leaves FAILED, or no folder at all when no epoch fini
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -66,15 +67,28 @@ def plan_run(cfg: TrainConfig, data: TrainingData, architecture: dict, saved: Mo
                                     else BATCH)
     # On TensorFlow, XLA is off (slower on a 2-core CPU); JAX without jit runs op by op.
     backend = keras.backend.backend()
-    return RunPlan(model=model, batch_size=batch_size, steps_per_epoch=max(1, -(-data.train_images // batch_size)),
+    # With --unlabelled an epoch is a pass over labelled and unlabelled images alike.
+    per_epoch = data.train_images + (len(data.unlabelled) if data.unlabelled is not None else 0)
+    return RunPlan(model=model, batch_size=batch_size, steps_per_epoch=max(1, -(-per_epoch // batch_size)),
                    steps_per_execution=GPU_STEPS_PER_EXECUTION if gpu else 1, jit_compile=backend != "tensorflow",
                    train_images=data.train_images, val_images=len(data.val[0]), device=device,
                    keras_backend=backend, keras_version=keras.__version__)
 
 
-def model_for_run(cfg: TrainConfig, plan: RunPlan, checkpoint: cb.Checkpoint | None, init_source):
+def early_stopping_patience(cfg: TrainConfig, data: TrainingData) -> int:
+    """--patience, except for a small labelled set with --time-limit and no --patience given:
+    its few validation images stop improving in full-match long before the model does, so the
+    time limit ends it (the best epoch is kept, by full-match and then validation loss)."""
+    if cfg.data and cfg.time_limit and "patience" not in cfg.given and data.train_images < SMALL_SET_BELOW:
+        log.info(f"{data.train_images} labelled training images and --time-limit {cfg.time_limit:g}: no early "
+                 "stopping, the time limit ends the run")
+        return cfg.epochs
+    return cfg.patience
+
+
+def model_for_run(cfg: TrainConfig, plan: RunPlan, checkpoint: cb.Checkpoint | None, init):
     """The compiled model and the epoch to start from: the last checkpoint on --resume, else
-    a new model (with --init's weights where they fit)."""
+    a new model (with the weights of `init`, (model, ModelConfig) from --init, where they fit)."""
     import keras
 
     from caocrvfy.model_enhanced import allow_jit_on_jax, build_model
@@ -90,8 +104,8 @@ def model_for_run(cfg: TrainConfig, plan: RunPlan, checkpoint: cb.Checkpoint | N
         model.steps_per_execution = plan.steps_per_execution
         return model, state["epoch"]
     model = build_model(plan.model)
-    if init_source is not None:
-        copied = transfer_weights(init_source, model)
+    if init is not None:
+        copied = transfer_weights(init[0], model, init[1].charset, plan.model.charset)
         log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
     compile_model(model, cfg.learning_rate, jit_compile=plan.jit_compile,
                   steps_per_execution=plan.steps_per_execution, **loss_options(cfg))
@@ -117,7 +131,7 @@ def train(cfg: TrainConfig) -> Path:
 
     from caocrvfy.startup import captured_native_stderr
     from caocrvfy.training.distribute import describe_device, distribution_strategy, on_gpu
-    from caocrvfy.training.warm_start import architecture, read_init
+    from caocrvfy.training.warm_start import architecture, chosen_init, read_init
 
     started = time.monotonic()
     if os.environ.get("TF_CONFIG") and (cfg.time_limit or not cfg.out):
@@ -146,15 +160,18 @@ def train(cfg: TrainConfig) -> Path:
         keras.mixed_precision.set_global_policy("mixed_float16")
     log.info(f"training on {device}; run folder {run_dir}")
 
-    init_source, init_config = read_init(cfg) if cfg.init and not state else (None, None)
-    chosen = architecture(cfg, init_config)
+    init_path = None if state else chosen_init(cfg)
+    if init_path and init_path != cfg.init:  # config.json records the model it started from
+        cfg = dataclasses.replace(cfg, init=init_path)
+    init = read_init(init_path) if init_path else None
+    chosen = architecture(cfg, init[1] if init else None)
     data = load_data(cfg, channels=saved.channels if saved else chosen["channels"], saved=saved)
     try:
         plan = plan_run(cfg, data, chosen, saved, device, gpu)
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init_source, started)
+            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init, started)
         except BaseException as exc:
             if is_chief:  # a saved epoch, this run's or a resumed one's, decides the clean-up
                 after_failure(run_dir, created, cb.has_checkpoint(run_dir), exc)
@@ -189,7 +206,7 @@ def after_failure(run_dir: Path, created: bool, finished_epoch: bool, exc: BaseE
 
 
 def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Checkpoint | None, run_dir: Path,
-         strategy, is_chief: bool, init_source, started: float) -> None:
+         strategy, is_chief: bool, init, started: float) -> None:
     """The run once its folder exists: the model, fit, and the best model's scores."""
     import keras
 
@@ -197,13 +214,14 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     from caocrvfy.training.compile import compile_model
     from caocrvfy.training.curves import plot_curves
     from caocrvfy.training.distribute import patch_keras_for_multi_worker
+    from caocrvfy.training.pseudo_labels import LabelPool, PseudoLabels
 
     state = checkpoint.state if checkpoint else {}
     if checkpoint and is_chief:  # what a kill may have left one epoch ahead of the checkpoint
         cb.repair_best(checkpoint, run_dir / "model.keras")
         cb.trim_history(run_dir / "history.csv", state["epoch"])
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model, initial_epoch = model_for_run(cfg, plan, checkpoint, init_source)
+        model, initial_epoch = model_for_run(cfg, plan, checkpoint, init)
     if strategy is not None and os.environ.get("TF_CONFIG"):
         patch_keras_for_multi_worker(model)
     cb.write_text_atomic(saved_config_json(cfg, plan), run_dir / "config.json")
@@ -212,14 +230,20 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
              f"augmentation {'on' if plan.model.augment else 'off'}")
 
     head, classes = plan.model.head, plan.model.num_classes
+    pseudo = None
     if data.stream:
         data.stream.wait_ready()
         train_ds = StreamBatches(data.stream, head, classes, plan.batch_size, plan.steps_per_epoch)
+    elif data.unlabelled is not None:
+        pool = LabelPool(*data.train)
+        pseudo = PseudoLabels(pool, data.unlabelled, data.val, plan.model.charset, plan.model.max_length,
+                              plan.model.max_length if plan.model.fixed_length else None)
+        train_ds = StreamBatches(pool, head, classes, plan.batch_size, plan.steps_per_epoch)
     else:
         train_ds = make_dataset(*data.train, head, classes, plan.batch_size, shuffle=True, seed=cfg.seed)
     val_ds = make_dataset(*data.val, head, classes, plan.batch_size * 2, shuffle=False)
 
-    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=cfg.patience,
+    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=early_stopping_patience(cfg, data),
                                       restore_best_weights=is_chief, state=state.get("early_stopping"),
                                       best_model=run_dir / "model.keras")
     plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=cfg.plateau_patience,
@@ -238,6 +262,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,
         cb.TimeLimit(budget, already=trained),
+        *([pseudo] if pseudo else []),
         cb.EpochLog(cfg.epochs),
         early,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
@@ -246,7 +271,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     interrupted: KeyboardInterrupt | None = None
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=plan.steps_per_epoch if data.stream else None, callbacks=callbacks, verbose=0,
+                  steps_per_epoch=plan.steps_per_epoch if data.stream or pseudo else None, callbacks=callbacks, verbose=0,
                   shuffle=False)  # the pipelines shuffle
     except KeyboardInterrupt as exc:
         if not (state or checkpoints.saved):

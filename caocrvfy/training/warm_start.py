@@ -1,11 +1,14 @@
-"""`--init`: start a training from another reader's weights, adopting its architecture."""
+"""`--init`: start a training from another reader's weights, adopting its architecture.
+
+A training on a labelled folder starts from the shipped base reader (`models/base`) unless
+`--init` names another model or `none`; synthetic trainings start from scratch."""
 
 from __future__ import annotations
 
 import logging
 
 from caocrvfy.errors import DataError
-from caocrvfy.locations import resolve_model_path
+from caocrvfy.locations import base_model, resolve_model_path
 from caocrvfy.model_config import ARCHITECTURE, ModelConfig, load_model_config
 from caocrvfy.model_enhanced import load_saved_model
 from caocrvfy.training.config import TrainConfig
@@ -13,12 +16,28 @@ from caocrvfy.training.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def read_init(cfg: TrainConfig):
+NO_INIT = "none"
+
+
+def chosen_init(cfg: TrainConfig) -> str | None:
+    """The model a new run starts from: --init as given, `none` for none, and by default the
+    base reader for a labelled folder (when it is installed) and nothing for synthetic captchas."""
+    if cfg.init is not None:
+        return None if cfg.init.lower() == NO_INIT else cfg.init
+    if cfg.data and (base_model() / "model.keras").is_file():
+        return str(base_model())
+    if cfg.data:
+        log.warning(f"the base reader ({base_model()}) is not installed: training from scratch, which needs "
+                    "far more labels")
+    return None
+
+
+def read_init(init: str):
     """The --init model (uncompiled) and its ModelConfig."""
-    path, config_path = resolve_model_path(cfg.init)
+    path, config_path = resolve_model_path(init)
     model_config = load_model_config(config_path)
     if path.suffix != ".keras":
-        raise DataError(f"--init {cfg.init}: {path.name} is an export; give a run folder or its model.keras.")
+        raise DataError(f"--init {init}: {path.name} is an export; give a run folder or its model.keras.")
     return load_saved_model(path), model_config
 
 
@@ -37,8 +56,21 @@ def architecture(cfg: TrainConfig, init: ModelConfig | None) -> dict:
     return chosen
 
 
-def transfer_weights(source, target) -> int:
-    """Copies weights layer by layer where names and shapes match; returns how many layers."""
+def output_columns(source_charset: str, target_charset: str) -> list[int | None]:
+    """For each CTC output unit of the target (blank first, then its characters), the source
+    unit that reads the same character: the same character, else the other case of it (a site
+    with case-folded labels draws both), else None."""
+    index = {c: i + 1 for i, c in enumerate(source_charset)}
+    columns: list[int | None] = [0]
+    for c in target_charset:
+        columns.append(index.get(c, index.get(c.swapcase())))
+    return columns
+
+
+def transfer_weights(source, target, source_charset: str | None = None, target_charset: str | None = None) -> int:
+    """Copies weights layer by layer where names and shapes match; returns how many layers.
+    Given both character sets, a CTC output layer whose characters differ keeps the source's
+    weights for each character the two share (see `output_columns`); the rest start new."""
     copied = 0
     by_name = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
@@ -48,5 +80,13 @@ def transfer_weights(source, target) -> int:
         mine, theirs = layer.get_weights(), other.get_weights()
         if len(mine) == len(theirs) and all(a.shape == b.shape for a, b in zip(mine, theirs)):
             layer.set_weights(theirs)
+            copied += 1
+        elif layer.name == "ctc_output" and source_charset and target_charset and len(mine) == 2 \
+                and mine[0].shape[0] == theirs[0].shape[0]:
+            kernel, bias = mine
+            for unit, source_unit in enumerate(output_columns(source_charset, target_charset)):
+                if source_unit is not None:
+                    kernel[:, unit], bias[unit] = theirs[0][:, source_unit], theirs[1][source_unit]
+            layer.set_weights([kernel, bias])
             copied += 1
     return copied

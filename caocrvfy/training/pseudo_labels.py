@@ -1,0 +1,100 @@
+"""`--unlabelled`: training on the model's own confident readings of unlabelled images.
+
+Self-training, refreshed as the model improves: after an epoch the model reads the unlabelled
+images (clean, as at prediction time) and every reading above a confidence threshold joins
+the training batches with that reading as its label, where the model's augmentation layers
+then show it distorted (the weak/strong split of FixMatch: read clean, learn distorted). The
+threshold is calibrated on the human-labelled validation images each time: just above the
+most confident wrong reading there, and never below `MIN_CONFIDENCE`. Validation and early
+stopping see human labels only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import keras
+import numpy as np
+
+from caocrvfy.data.charset import encode_labels
+from caocrvfy.inference.decoding import decode_outputs
+
+log = logging.getLogger(__name__)
+
+MIN_CONFIDENCE = 0.8  # no reading below this is trained on, whatever the validation images say
+LABELLED_SHARE = 0.25  # of each batch at least, however many pseudo-labels there are
+REFRESH_SHARE = 0.25  # the readings may take at most this share of the training time
+
+
+def threshold(confidences: np.ndarray, correct: np.ndarray, floor: float = MIN_CONFIDENCE) -> float:
+    """The confidence a reading needs to be trained on: above every wrong validation reading."""
+    wrong = np.asarray(confidences)[~np.asarray(correct, bool)]
+    return float(max(floor, np.nextafter(wrong.max(), 1.0) if len(wrong) else floor))
+
+
+class LabelPool:
+    """The training batches' source: the labelled images and the current pseudo-labelled ones.
+    `sample(rng, n)` is what `StreamBatches` calls; `set_pseudo` replaces the pseudo-labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+        self.pseudo_images = images[:0]
+        self.pseudo_labels = labels[:0]
+        self._lock = threading.Lock()
+
+    def set_pseudo(self, images: np.ndarray, labels: np.ndarray) -> None:
+        with self._lock:
+            self.pseudo_images, self.pseudo_labels = images, labels
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            pseudo = len(self.pseudo_images)
+            share = max(LABELLED_SHARE, len(self.images) / (len(self.images) + pseudo)) if pseudo else 1.0
+            labelled = int(rng.binomial(n, share))
+            a = rng.integers(0, len(self.images), size=labelled)
+            b = rng.integers(0, max(pseudo, 1), size=n - labelled)
+            if not pseudo:
+                return self.images[a], self.labels[a]
+            return (np.concatenate([self.images[a], self.pseudo_images[b]]),
+                    np.concatenate([self.labels[a], self.pseudo_labels[b]]))
+
+
+class PseudoLabels(keras.callbacks.Callback):
+    """Refreshes the pool's pseudo-labels after an epoch, when the last refresh took at most
+    `REFRESH_SHARE` of the time since; logs `pseudo_labels` and `pseudo_threshold`."""
+
+    def __init__(self, pool: LabelPool, unlabelled: np.ndarray, val: tuple[np.ndarray, np.ndarray],
+                 charset: str, max_length: int, length: int | None, batch_size: int = 256):
+        super().__init__()
+        self.pool, self.unlabelled, self.val = pool, unlabelled, val
+        self.charset, self.max_length, self.length = charset, max_length, length
+        self.batch_size = batch_size
+        self._since, self._last_cost = time.monotonic(), 0.0  # the end of the last refresh, and its cost
+        self.count, self.level = 0, 1.0
+
+    def _read(self, images: np.ndarray):
+        outputs = self.model.predict(images, batch_size=self.batch_size, verbose=0)
+        return decode_outputs(outputs, "ctc", self.charset, self.length)
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        if self._last_cost <= REFRESH_SHARE * (now - self._since):
+            val_images, val_labels = self.val
+            read = self._read(val_images)
+            correct = np.array([np.array_equal(encode_labels([p.text], self.charset, self.max_length)[0], t)
+                                for p, t in zip(read, val_labels)])
+            self.level = threshold(np.array([p.confidence for p in read]), correct)
+            readings = self._read(self.unlabelled)
+            keep = np.array([p.confidence >= self.level and 0 < len(p.text) <= self.max_length for p in readings])
+            texts = [p.text for p, k in zip(readings, keep) if k]
+            self.pool.set_pseudo(self.unlabelled[keep], encode_labels(texts, self.charset, self.max_length))
+            self.count = int(keep.sum())
+            log.info(f"pseudo-labels: {self.count} of {len(self.unlabelled)} unlabelled images read with confidence "
+                     f"at least {self.level:.3f} (validation: {int(correct.sum())}/{len(correct)} right)")
+            self._since = time.monotonic()
+            self._last_cost = self._since - now
+        if logs is not None:
+            logs["pseudo_labels"] = self.count
+            logs["pseudo_threshold"] = self.level
