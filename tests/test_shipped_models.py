@@ -34,3 +34,15 @@ def test_shipped_model_reads_fresh_captchas(name, tmp_path):
     paths = sorted(fresh.glob("*.png"))
     right = sum(p.name.split("_")[0] == prediction.text for p, prediction in zip(paths, reader.predict(paths)))
     assert right >= 32, f"{name} read {right} of 40 fresh captchas"  # 94-99% measured: 80% is a safe bar
+
+
+def test_the_base_reader_is_shipped_and_reads_any_length_of_the_wide_set():
+    folder = MODELS / "base"
+    assert (folder / "model.keras").stat().st_size <= 10 * 1024 * 1024
+    reader = Predictor.load(folder)
+    assert reader.head == "ctc" and reader.length is None  # any length, up to 8
+    assert reader.model_config.max_length == 8
+    assert set(parse_charset("0-9a-zA-Z+-=?")) == set(reader.charset)
+    assert reader.height == 64  # the height labelled folders reach the model at
+    training = json.loads((folder / "config.json").read_text())["training"]
+    assert (training["style"], training["min_length"], training["length"]) == ("varied", 1, 8)

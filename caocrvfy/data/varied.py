@@ -43,10 +43,11 @@ def _font_dirs() -> list[Path]:
 
 @functools.lru_cache(maxsize=None)
 def font_files(charset: str) -> tuple[str, ...]:
-    """Every installed font file that has a glyph for each character of `charset`, sorted."""
+    """Every installed font file that has a glyph for each character of `charset`; a file name
+    found twice (matplotlib's DejaVu and Debian's) counts once."""
     from fontTools.ttLib import TTFont
 
-    found = []
+    found: dict[str, str] = {}
     for folder in _font_dirs():
         if not folder.is_dir():
             continue
@@ -58,10 +59,10 @@ def font_files(charset: str) -> tuple[str, ...]:
             except Exception:
                 continue
             if all(ord(c) in cmap for c in charset):
-                found.append(str(path))
+                found.setdefault(path.name, str(path))
     if not found:
         raise RuntimeError(f"no installed font draws all of {charset!r}; install fonts-dejavu-core")
-    return tuple(dict.fromkeys(found))
+    return tuple(found.values())
 
 
 @functools.lru_cache(maxsize=512)
