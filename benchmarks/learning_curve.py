@@ -82,14 +82,14 @@ def plot(results: list[dict], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in dict.fromkeys(r["row"] for r in results):
+    for i, row in enumerate(dict.fromkeys(r["row"] for r in results)):
         points = sorted((r["labels"], r["full_match"]) for r in results if r["row"] == row and "full_match" in r)
         if not points:
             continue
         if points[0][0] is None:  # untrained readers: a level line
-            ax.axhline(points[0][1] * 100, linestyle="--", linewidth=1, label=row, color=None)
+            ax.axhline(points[0][1] * 100, linestyle=("--", ":", "-.")[i % 3], linewidth=1.2, label=row, color=f"C{i}")
         else:
-            ax.plot([p[0] for p in points], [p[1] * 100 for p in points], marker="o", label=row)
+            ax.plot([p[0] for p in points], [p[1] * 100 for p in points], marker="o", label=row, color=f"C{i}")
     ax.set_xscale("log")
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test full-match, %")
