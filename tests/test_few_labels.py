@@ -145,6 +145,7 @@ def test_unlabelled_set_lists_images_and_skips_the_rest(labelled_and_unlabelled)
         unlabelled_set(labelled, exclude=read_folder(labelled).paths)
 
 
+@pytest.mark.slow  # trains for real
 def test_training_with_unlabelled_images_logs_pseudo_labels(labelled_and_unlabelled, tmp_path, make_config, caplog):
     labelled, unlabelled = labelled_and_unlabelled
     cfg = make_config(tmp_path / "run", data=str(labelled), unlabelled=str(unlabelled), charset=None,
