@@ -4,7 +4,7 @@ with ddddocr untrained.
     python benchmarks/learning_curve.py DIR                                  # every row, 25..500 labels
     python benchmarks/learning_curve.py DIR --counts 100 --rows base,base+unlabelled --minutes 10
 
-Split: sorted by file name, every 5th item is a test file (`own_captchas.list_items`, the
+Split: sorted by file name, every 5th item is a test file (`own_captchas.split_test`, the
 convention of the shared sets' READMEs). From the rest, N labelled images are drawn with a fixed
 seed (the first N of one permutation, so that 50 holds the 25); what is left of the rest is the
 unlabelled folder (its file names are never read as labels: `--unlabelled` reads pixels only).
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import common
 import numpy as np
-from own_captchas import list_items, make_side, score_caocrvfy, score_ddddocr
+from own_captchas import list_items, make_side, score_caocrvfy, score_ddddocr, split_test
 
 TRAIN_ROWS = {
     "scratch": ["--init", "none"],
@@ -53,8 +53,7 @@ def cpu_seconds_of_children() -> float:
 
 def split(items: list[tuple[str, str]], seed: int) -> tuple[list, list]:
     """(test items, the rest in a fixed random order)."""
-    test = [item for i, item in enumerate(items) if i % 5 == 4]
-    rest = [item for i, item in enumerate(items) if i % 5 != 4]
+    rest, test = split_test(items)
     order = np.random.default_rng(seed).permutation(len(rest))
     return test, [rest[i] for i in order]
 

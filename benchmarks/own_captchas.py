@@ -55,6 +55,11 @@ def list_items(root: Path) -> list[tuple[str, str]]:
     return sorted(items.items())
 
 
+def split_test(items: list) -> tuple[list, list]:
+    """(train, test): sorted by name, every 5th item is a test item."""
+    return [n for i, n in enumerate(items) if i % 5 != 4], [n for i, n in enumerate(items) if i % 5 == 4]
+
+
 def make_side(root: Path, dest: Path, items: list[tuple[str, str]]) -> Path:
     """A folder of `items` with their labels in labels.csv, replacing an older one. The files are
     hard links to the originals (copies on another file system): `read_folder` refuses a symlink
@@ -277,8 +282,7 @@ def main() -> int:
     except DataError as exc:
         print(exc, file=sys.stderr)
         return 2
-    train_items = [n for i, n in enumerate(items) if i % 5 != 4]
-    test_items = [n for i, n in enumerate(items) if i % 5 == 4]
+    train_items, test_items = split_test(items)
     if not train_items or not test_items:
         print(f"{root} has {len(items)} labelled item(s): at least 2 are needed, one for each side.", file=sys.stderr)
         return 2

@@ -192,3 +192,29 @@ def test_predict_writes_a_labels_csv_most_doubtful_first(tmp_path, trained_run, 
     assert {r[0] for r in body} == {p.name for p in images.glob("*.png")} - {"broken.png"}
     back = read_folder(images)  # the file trains as it is, once corrected
     assert len(back.paths) == 6
+
+
+def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
+    from caocrvfy.model_config import ModelConfig
+    from caocrvfy.training.pseudo_labels import PseudoLabels
+
+    config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
+
+    def outputs_reading(text: str, steps: int = 8) -> np.ndarray:
+        out = np.full((steps, 5), 1e-6, np.float32)
+        path = [1 + int(c) for c in text] + [0] * (steps - len(text))
+        out[np.arange(steps), path] = 1.0
+        return out
+
+    class Reads:  # a model whose output reads "123" for every image: longer than any label
+        def predict(self, images, batch_size, verbose):
+            return np.stack([outputs_reading("123") for _ in images])
+
+    images = np.zeros((3, 8, 32, 1), np.uint8)
+    pool = LabelPool(images, np.array([[2, 3]] * 3, np.int32))
+    callback = PseudoLabels(pool, images, (images, np.array([[2, 3]] * 3, np.int32)), config)
+    callback.set_model(Reads())
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["pseudo_labels"] == 0 and len(pool.pseudo_images) == 0
+    assert logs["pseudo_threshold"] > 0.99  # the three validation readings were wrong, and sure of it

@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", help="start from this trained model (run folder or model.keras), or none; by default "
                                   "a --data training starts from the shipped base reader (models/base): its "
                                   "architecture is used (settings given here win, e.g. --column-stride 4 to finish a "
-                                  "stride-8 model at stride 4) and its weights copied; the output layer is "
-                                  "new when the number of characters differs")
+                                  "stride-8 model at stride 4) and its weights copied; an output layer for other "
+                                  "characters keeps the weights of each character both read (or its other case)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", type=int,

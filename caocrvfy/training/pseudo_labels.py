@@ -18,8 +18,9 @@ import time
 import keras
 import numpy as np
 
-from caocrvfy.data.charset import encode_labels
+from caocrvfy.data.charset import decode_indices, encode_labels
 from caocrvfy.inference.decoding import decode_outputs
+from caocrvfy.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +67,30 @@ class PseudoLabels(keras.callbacks.Callback):
     `REFRESH_SHARE` of the time since; logs `pseudo_labels` and `pseudo_threshold`."""
 
     def __init__(self, pool: LabelPool, unlabelled: np.ndarray, val: tuple[np.ndarray, np.ndarray],
-                 charset: str, max_length: int, length: int | None, batch_size: int = 256):
+                 config: ModelConfig, batch_size: int = 256):
         super().__init__()
-        self.pool, self.unlabelled, self.val = pool, unlabelled, val
-        self.charset, self.max_length, self.length = charset, max_length, length
-        self.batch_size = batch_size
+        self.pool, self.unlabelled, self.config, self.batch_size = pool, unlabelled, config, batch_size
+        self.val_images = val[0]
+        self.val_texts = [decode_indices(row, config.charset) for row in val[1]]
         self._since, self._last_cost = time.monotonic(), 0.0  # the end of the last refresh, and its cost
         self.count, self.level = 0, 1.0
 
     def _read(self, images: np.ndarray):
+        c = self.config
         outputs = self.model.predict(images, batch_size=self.batch_size, verbose=0)
-        return decode_outputs(outputs, "ctc", self.charset, self.length)
+        return decode_outputs(outputs, c.head, c.charset, c.max_length if c.fixed_length else None)
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
         if self._last_cost <= REFRESH_SHARE * (now - self._since):
-            val_images, val_labels = self.val
-            read = self._read(val_images)
-            correct = np.array([np.array_equal(encode_labels([p.text], self.charset, self.max_length)[0], t)
-                                for p, t in zip(read, val_labels)])
+            read = self._read(self.val_images)
+            correct = np.array([p.text == truth for p, truth in zip(read, self.val_texts)])
             self.level = threshold(np.array([p.confidence for p in read]), correct)
             readings = self._read(self.unlabelled)
-            keep = np.array([p.confidence >= self.level and 0 < len(p.text) <= self.max_length for p in readings])
+            longest = self.config.max_length  # a longer reading is wrong and has no room in the labels
+            keep = np.array([p.confidence >= self.level and 0 < len(p.text) <= longest for p in readings])
             texts = [p.text for p, k in zip(readings, keep) if k]
-            self.pool.set_pseudo(self.unlabelled[keep], encode_labels(texts, self.charset, self.max_length))
+            self.pool.set_pseudo(self.unlabelled[keep], encode_labels(texts, self.config.charset, longest))
             self.count = int(keep.sum())
             log.info(f"pseudo-labels: {self.count} of {len(self.unlabelled)} unlabelled images read with confidence "
                      f"at least {self.level:.3f} (validation: {int(correct.sum())}/{len(correct)} right)")

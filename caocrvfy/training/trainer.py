@@ -236,8 +236,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         train_ds = StreamBatches(data.stream, head, classes, plan.batch_size, plan.steps_per_epoch)
     elif data.unlabelled is not None:
         pool = LabelPool(*data.train)
-        pseudo = PseudoLabels(pool, data.unlabelled, data.val, plan.model.charset, plan.model.max_length,
-                              plan.model.max_length if plan.model.fixed_length else None)
+        pseudo = PseudoLabels(pool, data.unlabelled, data.val, plan.model)
         train_ds = StreamBatches(pool, head, classes, plan.batch_size, plan.steps_per_epoch)
     else:
         train_ds = make_dataset(*data.train, head, classes, plan.batch_size, shuffle=True, seed=cfg.seed)
