@@ -1,4 +1,4 @@
-"""The `caocrvfy` command: generate, train, predict, evaluate, export, serve.
+"""The `caocrvfy` command: generate, train, predict, evaluate, export, serve, label.
 
     caocrvfy generate --count 2000 --out data/test-6x62
     caocrvfy train --train-size 20000 --time-limit 20
@@ -7,6 +7,7 @@
     caocrvfy evaluate --model models/captcha-6x62 --data data/test-6x62 --report reports/captcha-6x62
     caocrvfy export --model models/captcha-6x62 --format onnx --out exports/model.onnx
     caocrvfy serve --model models/captcha-6x62 --host 127.0.0.1 --port 8000
+    caocrvfy label data/site-captchas --port 8600
 """
 
 from __future__ import annotations
@@ -68,10 +69,7 @@ def _predict(args) -> int:
 def write_labels_csv(readings: list, out: Path) -> None:
     """The readings as a labels.csv (file,label,confidence), most doubtful first, for a person to
     correct and train on; file names are relative to the CSV's folder where they can be."""
-    import csv
-    import io
-
-    from caocrvfy.training.callbacks import write_text_atomic
+    from caocrvfy.data import folders
 
     def name(path: Path) -> str:
         try:
@@ -79,13 +77,9 @@ def write_labels_csv(readings: list, out: Path) -> None:
         except ValueError:
             return str(path.resolve())
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "label", "confidence"])
-    for path, prediction in sorted(readings, key=lambda item: item[1].confidence):
-        writer.writerow([name(path), prediction.text, f"{prediction.confidence:.4f}"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(buffer.getvalue(), out)
+    rows = [(name(path), prediction.text, f"{prediction.confidence:.4f}")
+            for path, prediction in sorted(readings, key=lambda item: item[1].confidence)]
+    folders.write_labels_csv(rows, out)
     log.info(f"wrote {len(readings)} readings to {out}, most doubtful first: correct them, then train with --data")
 
 
@@ -158,6 +152,32 @@ def _serve(args) -> int:
     return 0
 
 
+def _label(args) -> int:
+    try:
+        from caocrvfy.labelling.page import Labeller, print_next, run
+    except ImportError as exc:
+        log.error(f"caocrvfy label needs FastAPI and uvicorn ({exc}): pip install 'caocrvfy[serve]'")
+        return 2
+    from caocrvfy.data.charset import parse_charset
+    from caocrvfy.errors import DataError
+    from caocrvfy.labelling.store import LabelStore
+
+    try:
+        charset = parse_charset(args.charset) if args.charset else None
+    except ValueError as exc:
+        raise DataError(f"--charset: {exc}") from exc
+    labeller = Labeller(LabelStore(args.folder, charset), args.model, args.train_minutes)
+    if args.print_next is not None:
+        lines = print_next(labeller, args.print_next)
+        for line in lines:
+            print(line)
+        if not lines:
+            log.info(f"{args.folder}: every image is labelled")
+        return 0
+    run(labeller, args.host, args.port)
+    return 0
+
+
 def at_least(kind: type, low: float, what: str, strict: bool = False):
     """An argparse type: a `kind` (int or float) of at least `low` (above it when `strict`), else
     one message naming the bound."""
@@ -177,6 +197,7 @@ def at_least(kind: type, low: float, what: str, strict: bool = False):
 
 positive_int = at_least(int, 1, "a whole number")
 positive_seconds = at_least(float, 0, "a number of seconds", strict=True)
+positive_minutes = at_least(float, 0, "a number of minutes", strict=True)
 non_negative_ms = at_least(float, 0, "a number of milliseconds")
 
 
@@ -272,6 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-batching", action="store_true", help="read one request at a time (see BENCHMARKS.md)")
     g.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     g.set_defaults(func=_serve)
+
+    from caocrvfy.labelling.jobs import TRAIN_MINUTES
+
+    g = sub.add_parser("label", parents=[common], help="label a folder in the browser, the model's reading filled in "
+                                                       "(see docs/labelling.md)",
+                       description="Serves a local page that shows the folder's unlabelled images least confident "
+                                   "first, with the model's reading filled in; each answer goes into DIR/labels.csv "
+                                   "at once, and 'train now' trains on them.")
+    g.add_argument("folder", help="folder of captcha images; answers go to its labels.csv")
+    g.add_argument("--model", help="model whose readings are suggested (default: the last one the page trained on "
+                                   "this folder, else the base reader)")
+    g.add_argument("--charset", help="characters a label may hold, ranges allowed (default: any printable character)")
+    g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1: this machine only)")
+    g.add_argument("--port", type=port, default=8600, help="(default 8600)")
+    g.add_argument("--train-minutes", type=positive_minutes, default=TRAIN_MINUTES, metavar="M",
+                   help=f"--time-limit of 'train now' (default {TRAIN_MINUTES:g})")
+    g.add_argument("--print-next", type=at_least(int, 0, "a whole number"), metavar="N",
+                   help="print the next N images to label (file, suggestion, confidence), least confident first, "
+                        "instead of serving the page")
+    g.set_defaults(func=_label)
     return p
 
 

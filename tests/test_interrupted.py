@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from caocrvfy.errors import DataError
+from caocrvfy.files import write_json_atomic
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training import trainer
 from caocrvfy.training.config import config_from_args
@@ -522,7 +523,7 @@ def test_every_file_and_folder_is_flushed_to_disk_before_it_is_renamed_into_plac
     cb.save_checkpoint(model, {"epoch": 1}, tmp_path)
     cb.save_checkpoint(model, {"epoch": 2}, tmp_path)  # the second swaps the first out
     cb.save_model_atomic(model, tmp_path / "model.keras")
-    cb.write_json_atomic({"a": 1}, tmp_path / "metrics.json")
+    write_json_atomic({"a": 1}, tmp_path / "metrics.json")
     flushed = set()
     for kind, path in calls:
         if kind == "fsync":

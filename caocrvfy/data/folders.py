@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from PIL import Image
 from caocrvfy.data.charset import infer_charset
 from caocrvfy.data.images import IMAGE_SUFFIXES, open_image
 from caocrvfy.errors import DataError
+from caocrvfy.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def _outside(name: str) -> bool:
     return os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep)
 
 
-def _read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(file, label) pairs of labels.csv, and (item, reason) for the rows that cannot be used:
     a row without both columns, or a file listed again (the first row wins)."""
     pairs, problems, first_row = [], [], {}
@@ -83,6 +85,17 @@ def _read_labels_csv(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str,
     return pairs, problems
 
 
+def write_labels_csv(rows: list[tuple], path: Path) -> None:
+    """Writes (file, label) or (file, label, confidence) rows as a labels.csv, in the order
+    given, atomically: a kill leaves the old file or the new one, whole."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "label", "confidence"] if any(len(row) > 2 for row in rows) else ["file", "label"])
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(buffer.getvalue(), path)
+
+
 def read_folder(
     root: str | Path,
     charset: str | None = None,
@@ -102,7 +115,7 @@ def read_folder(
     pairs: list[tuple[str, str]] = []
     problems: list[tuple[str, str]] = []
     if csv_path.exists():
-        pairs, problems = _read_labels_csv(csv_path)
+        pairs, problems = read_labels_csv(csv_path)
     else:
         names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         pairs = [(name, _label_from_name(name)) for name in names]

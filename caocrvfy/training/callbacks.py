@@ -28,6 +28,7 @@ from pathlib import Path
 import keras
 
 from caocrvfy.errors import DataError
+from caocrvfy.files import fsync, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +37,12 @@ CHECKPOINT, LAST, STATE = "checkpoint", "last.keras", "state.json"
 PARTIAL, OLD = CHECKPOINT + ".partial", CHECKPOINT + ".old"
 
 
-def fsync(path: Path) -> None:
-    """Flushes a file's data, or a folder's list of names, to disk."""
-    if os.name == "nt" and path.is_dir():  # Windows cannot open a folder; its renames are journalled
-        return
-    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     tmp = path.with_name(path.stem + "-partial.keras")  # Keras wants the .keras ending
     model.save(tmp)
     fsync(tmp)
     os.replace(tmp, path)
     fsync(path.parent)
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync(path.parent)
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    write_text_atomic(json.dumps(data, indent=2, default=float), path)
 
 
 def _fingerprint(path: Path) -> dict:

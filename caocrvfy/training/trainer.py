@@ -17,6 +17,7 @@ from pathlib import Path
 
 from caocrvfy import locations
 from caocrvfy.errors import DataError
+from caocrvfy.files import write_json_atomic, write_text_atomic
 from caocrvfy.model_config import ModelConfig, load_model_config
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
@@ -200,7 +201,7 @@ def after_failure(run_dir: Path, created: bool, finished_epoch: bool, exc: BaseE
             cb.settle(run_dir)
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             resume = f"; continue with --resume {run_dir}" if finished_epoch else ""
-            cb.write_text_atomic(f"training failed: {reason}{resume}\n", run_dir / FAILED)
+            write_text_atomic(f"training failed: {reason}{resume}\n", run_dir / FAILED)
     except (OSError, DataError) as cleanup:  # the failure itself is what the user must see
         log.warning(f"could not clean up {run_dir} after the failure: {cleanup}")
 
@@ -224,7 +225,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         model, initial_epoch = model_for_run(cfg, plan, checkpoint, init)
     if strategy is not None and os.environ.get("TF_CONFIG"):
         patch_keras_for_multi_worker(model)
-    cb.write_text_atomic(saved_config_json(cfg, plan), run_dir / "config.json")
+    write_text_atomic(saved_config_json(cfg, plan), run_dir / "config.json")
     log.info(f"model {model.name}: {model.count_params():,} parameters, input {plan.model.input_shape}, "
              f"{plan.model.num_classes} characters, up to {plan.model.max_length} per captcha, "
              f"augmentation {'on' if plan.model.augment else 'off'}")
@@ -296,7 +297,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     compile_model(best, cfg.learning_rate, jit_compile=plan.jit_compile, **loss_options(cfg))
     scores = best.evaluate(val_ds, verbose=0, return_dict=True)
     metrics = {k: float(v) for k, v in scores.items()} | {"count": int(len(data.val[0])), "set": "validation"}
-    cb.write_json_atomic(metrics, run_dir / "metrics.json")
+    write_json_atomic(metrics, run_dir / "metrics.json")
     log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
              f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
              f"-> {run_dir / 'model.keras'}")
