@@ -8,6 +8,7 @@ import csv
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -203,8 +204,10 @@ def test_bad_answers_get_one_sentence_and_change_nothing(client, folder, body, s
 def test_undo_over_the_api_returns_the_image_to_show(client):
     c, _ = client
     c.post("/api/label", json={"file": "cap03.png", "label": "555"})
-    assert c.post("/api/undo", json={}).json() | {"progress": None} == {
-        "file": "cap03.png", "label": None, "unreadable": False, "progress": None}
+    undone = c.post("/api/undo", json={}).json()
+    assert {k: undone[k] for k in ("file", "label", "unreadable")} == {"file": "cap03.png", "label": None,
+                                                                      "unreadable": False}
+    assert len(undone["suggestion"]) == 3
     assert c.post("/api/undo", json={}).json()["file"] is None
 
 
@@ -241,3 +244,32 @@ def test_the_default_model_is_the_last_one_trained_here(folder, trained_run):
     assert latest_model(folder) == base_model()  # no metrics.json: the training has not ended
     (run / "metrics.json").write_text("{}")
     assert latest_model(folder) == run
+
+
+@pytest.mark.slow
+def test_train_now_trains_in_the_background_and_its_model_suggests_next(tmp_path, tiny_spec, trained_run):
+    from caocrvfy.data.synthetic import generate
+
+    made = generate(tmp_path / "made", 14, tiny_spec, workers=1)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    truth = {}
+    for i, path in enumerate(sorted(made.glob("*.png"))):
+        shutil.copy(path, folder / f"cap{i:02d}.png")
+        truth[f"cap{i:02d}.png"] = path.name.split("_")[0]
+    labeller = Labeller(LabelStore(folder), trained_run, train_minutes=1.0)
+    for name in sorted(truth)[:12]:
+        labeller.store.save(name, truth[name])
+    started = labeller.job.start(labeller.suggester.predictor.path)
+    assert started["state"] == "running"
+    with pytest.raises(LabelError, match="already running"):
+        labeller.job.start(labeller.suggester.predictor.path)
+    deadline = time.time() + 600
+    while labeller.job.status()["state"] == "running" and time.time() < deadline:
+        time.sleep(1)
+    status = labeller.job.status()
+    assert status["state"] == "finished", status["message"]
+    run = runs_of(folder) / status["run"]
+    assert labeller.suggester.name == run.name  # the new model suggests now
+    assert latest_model(folder) == run
+    assert {item["file"] for item in labeller.queue()} == {"cap12.png", "cap13.png"}

@@ -149,8 +149,10 @@ def create_app(labeller: Labeller):
         change = await run_in_threadpool(store.undo)
         if change is None:
             return {"file": None, "progress": store.progress()}
+        suggestion = labeller.suggestion(change.file)
         return {"file": change.file, "label": change.label, "unreadable": change.unreadable,
-                "progress": store.progress()}
+                "suggestion": suggestion.text if suggestion else "",
+                "confidence": round(suggestion.confidence, 4) if suggestion else 0.0, "progress": store.progress()}
 
     @app.post("/api/train")
     async def train():

@@ -40,8 +40,8 @@ def training_minutes(cfg: TrainConfig, used: float, trained: float = 0.0) -> flo
     left = cfg.time_limit - trained - used - FINISH_MINUTES
     if left <= 0:
         raise DataError(f"preparing the run took {used:.1f} of the {cfg.time_limit:g} minutes of --time-limit"
-                        f"{f' ({trained:.1f} trained before)' if trained else ''}, leaving none for training: "
-                        "give more minutes or a smaller --train-size.")
+                        f"{f' ({trained:.1f} trained before)' if trained else ''}, and {FINISH_MINUTES:g} are kept for "
+                        "finishing, leaving none for training: give more minutes or a smaller --train-size.")
     log.info(f"{used:.1f} min used before training: training stops after {left:.1f} min (--time-limit {cfg.time_limit:g})")
     return trained + left
 

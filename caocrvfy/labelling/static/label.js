@@ -87,7 +87,7 @@ const actions = {
     if (!data.file) { say("nothing to undo in this session"); return; }
     let index = state.queue.findIndex((i) => i.file === data.file);
     if (index < 0) {  // answered in another tab or before a reload
-      state.queue.splice(state.pos, 0, { file: data.file, suggestion: "", confidence: 0 });
+      state.queue.splice(state.pos, 0, { file: data.file, suggestion: data.suggestion, confidence: data.confidence });
       index = state.pos;
     }
     state.queue[index].label = data.unreadable ? "\u0000unreadable" : data.label;
