@@ -41,13 +41,14 @@ def _predict(args) -> int:
     from caocrvfy.inference import Predictor, expand_inputs
 
     reader = Predictor.load(args.model)
+    constraint = constraint_of(args)
     paths = expand_inputs(args.inputs)
     if not paths:
         log.error("no image files found in the inputs given: name image files or folders of them.")
         return 2
     failures = 0
     readings = []
-    for path, prediction, error in reader.predict_files(paths, batch_size=args.batch_size):
+    for path, prediction, error in reader.predict_files(paths, batch_size=args.batch_size, constraint=constraint):
         if prediction is not None:
             readings.append((path, prediction))
         if error:
@@ -83,6 +84,19 @@ def write_labels_csv(readings: list, out: Path) -> None:
     log.info(f"wrote {len(readings)} readings to {out}, most doubtful first: correct them, then train with --data")
 
 
+def constraint_of(args):
+    """The --length, --min-length, --max-length and --allowed options as a Constraint, or None."""
+    from caocrvfy.data.charset import parse_charset
+    from caocrvfy.errors import DataError
+    from caocrvfy.inference.decoding import Constraint
+
+    try:
+        allowed = parse_charset(args.allowed) if args.allowed is not None else None
+    except ValueError as exc:
+        raise DataError(f"--allowed: {exc}") from exc
+    return Constraint.of(args.length, args.min_length, args.max_length, allowed)
+
+
 def _evaluate(args) -> int:
     from caocrvfy.evaluation import evaluate_folder
     from caocrvfy.inference import Predictor
@@ -90,7 +104,7 @@ def _evaluate(args) -> int:
     reader = Predictor.load(args.model)
     if args.report:
         return _evaluate_report(reader, args)
-    result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case)
+    result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case, constraint=constraint_of(args))
     for item in result["skipped"]:
         log.warning(f"skipped {item['file']}: {item['reason']}")
     if args.json:
@@ -105,7 +119,8 @@ def _evaluate_report(reader, args) -> int:
     from caocrvfy.evaluation.labelled import read_labelled_folder
     from caocrvfy.evaluation.report import write_report
 
-    records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case, progress=True)
+    records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case, progress=True,
+                                                   constraint=constraint_of(args))
     for name, reason in skipped:
         log.warning(f"skipped {name}: {reason}")
     about = [f"Model `{reader.path}` on `{args.data}`: {len(records)} captchas"
@@ -221,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true",
                         help="also print TensorFlow's start-up lines (default: off)")
     sub = p.add_subparsers(dest="command", required=True)
+    reading = argparse.ArgumentParser(add_help=False)
+    g = reading.add_argument_group("what a reading may be (CTC models read the best path that meets it)")
+    g.add_argument("--length", type=at_least(int, 0, "a whole number"), metavar="N",
+                   help="exactly N characters (default: any)")
+    g.add_argument("--min-length", type=at_least(int, 0, "a whole number"), metavar="N", help="at least N characters")
+    g.add_argument("--max-length", type=at_least(int, 0, "a whole number"), metavar="N", help="at most N characters")
+    g.add_argument("--allowed", metavar="CHARS",
+                   help="only these characters, ranges allowed, e.g. 0-9 (default: the model's whole set)")
 
     g = sub.add_parser("generate", parents=[common], help="make labelled captchas with the captcha library")
     g.add_argument("--charset", default=DEFAULT_CHARSET_SPEC,
@@ -235,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model (see `caocrvfy train --help`)", add_help=False)
 
-    g = sub.add_parser("predict", parents=[common], help="read captchas with a saved model",
+    g = sub.add_parser("predict", parents=[common, reading], help="read captchas with a saved model",
                        description="Reads every file; exits 0 when all were read, 1 when any could not be read "
                                    "(each is listed, the others are still read), 2 for a mistake such as a bad model.")
     g.add_argument("inputs", nargs="+", help="image files or folders")
@@ -248,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to correct by hand and train on with --data")
     g.set_defaults(func=_predict)
 
-    g = sub.add_parser("evaluate", parents=[common], help="accuracy on a labelled folder")
+    g = sub.add_parser("evaluate", parents=[common, reading], help="accuracy on a labelled folder")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--data", required=True, help="labelled folder")
     g.add_argument("--ignore-case", action="store_true", help="compare case-folded")

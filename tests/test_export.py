@@ -216,3 +216,14 @@ def test_default_export_goes_beside_the_model(run, tmp_path):
     assert export_model(copy, "tflite") == copy / "model.tflite"
     assert (copy / "config.json").read_text() == (run / "config.json").read_text()
     assert Predictor.load(copy).path.name == "model.keras"  # the folder still means the .keras model
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_exports_read_under_a_constraint_like_keras(exports, reference, images, fmt):
+    from caocrvfy.inference.decoding import Constraint
+
+    reader, _, _ = reference
+    rule = Constraint.of(length=2, allowed="1357")
+    texts = [p.text for p in reader.predict(images, constraint=rule)]
+    assert all(len(t) == 2 and set(t) <= set("1357") for t in texts)
+    assert [p.text for p in Predictor.load(exported(exports, fmt)).predict(images, constraint=rule)] == texts

@@ -11,7 +11,7 @@ from caocrvfy.cli import main as cli_main
 from caocrvfy.errors import DataError
 from caocrvfy.evaluation import evaluate_folder
 from caocrvfy.inference import Predictor, expand_inputs
-from caocrvfy.inference.ctc import ctc_best_path_of_length, ctc_label_probability
+from caocrvfy.inference.ctc import ctc_best_path, ctc_label_probability
 from caocrvfy.inference.decoding import decode_outputs
 
 CHARSET = "0123456789"
@@ -69,7 +69,7 @@ def test_best_ctc_path_of_a_given_length_matches_brute_force(length):
         p = float(np.prod(probs[np.arange(5), path]))
         if len(merged) == length and p > best_p:
             best, best_p = merged, p
-    assert list(ctc_best_path_of_length(probs, length)) == best
+    assert list(ctc_best_path(probs, length, length)) == best
 
 
 def test_fixed_length_models_read_that_many_characters():
@@ -287,3 +287,82 @@ def test_commands_print_no_tensorflow_start_up_lines_unless_verbose(trained_run,
     wrong = subprocess.run(command[:5] + [str(trained_run / "missing")] + command[6:], capture_output=True,
                            text=True, timeout=300)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "does not exist" in wrong.stderr
+
+
+def brute_force_best(probs: np.ndarray, keep) -> list[int] | None:
+    """The reading of the most probable path whose reading passes `keep` (tiny cases only)."""
+    best, best_p = None, -1.0
+    for path in itertools.product(range(probs.shape[1]), repeat=len(probs)):
+        merged = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        p = float(np.prod(probs[np.arange(len(path)), path]))
+        if keep(merged) and p > best_p:
+            best, best_p = merged, p
+    return best
+
+
+@pytest.mark.parametrize("low, high, allowed", [
+    (0, None, [True, False, True]), (2, None, None), (0, 1, None), (1, 3, [False, True, True]),
+    (2, 2, [True, False, False]), (3, 4, [False, False, True]), (0, 0, None), (5, 5, None), (6, None, None),
+    (1, None, [False, False, False]),
+])
+def test_constrained_best_path_matches_brute_force(low, high, allowed):
+    rng = np.random.default_rng(low * 10 + (high or 9))
+    probs = rng.dirichlet(np.ones(4), size=5)  # blank + 3 classes, 5 steps: 1,024 paths
+    mask = None if allowed is None else np.array(allowed)
+
+    def keep(merged):
+        return low <= len(merged) <= (high if high is not None else 99) and (
+            mask is None or all(mask[c - 1] for c in merged))
+
+    expected = brute_force_best(probs, keep)
+    found = ctc_best_path(probs, low, high, mask)
+    assert (None if found is None else list(found)) == expected
+
+
+def test_the_constraint_changes_only_readings_that_break_it():
+    from caocrvfy.inference.decoding import Constraint
+
+    steps = [1, 0, 3, 0, 2, 0]  # greedy reads "acb"
+    out = np.full((1, len(steps), 4), 0.02, np.float32)
+    out[0, np.arange(len(steps)), steps] = 0.94
+    out[0, 2] = [0.02, 0.02, 0.46, 0.5]  # "c" barely beats "b" at the second character
+    assert decode_outputs(out, "ctc", "abc")[0].text == "acb"
+    assert decode_outputs(out, "ctc", "abc", constraint=Constraint.of(allowed="ab"))[0].text == "abb"
+    assert decode_outputs(out, "ctc", "abc", constraint=Constraint.of(length=3, allowed="abc"))[0].text == "acb"
+    assert decode_outputs(out, "ctc", "abc", constraint=Constraint.of(max_length=2))[0].text == "ab"
+    softmax = np.array([[[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]]], np.float32)
+    (p,) = decode_outputs(softmax, "softmax", "xyz", constraint=Constraint.of(allowed="xz"))
+    assert p.text == "zx" and p.confidence == pytest.approx(0.2 * 0.5)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"length": 3, "min_length": 4}, "contradicts"), ({"min_length": 5, "max_length": 4}, "longer than"),
+    ({"allowed": ""}, "empty"),
+])
+def test_contradictory_constraints_are_one_sentence(fields, message):
+    from caocrvfy.inference.decoding import Constraint
+
+    with pytest.raises(DataError, match=message):
+        Constraint.of(**fields)
+
+
+def test_characters_the_model_cannot_read_are_refused():
+    from caocrvfy.inference.decoding import Constraint
+
+    with pytest.raises(DataError, match="'Z' are not in the model's character set"):
+        decode_outputs(np.zeros((1, 4, 4), np.float32), "ctc", "abc", constraint=Constraint.of(allowed="aZ"))
+    assert Constraint.of() is None
+    with pytest.raises(DataError, match="reads exactly 2 characters"):
+        decode_outputs(np.zeros((1, 2, 3), np.float32), "softmax", "xyz", constraint=Constraint.of(length=3))
+
+
+def test_predict_and_evaluate_take_a_constraint(trained_run, generated_dir, capsys):
+    assert cli_main(["predict", "--model", str(trained_run), "--allowed", "0-4", str(generated_dir)]) == 0
+    texts = [line.split("\t")[1] for line in capsys.readouterr().out.strip().split("\n")]
+    assert len(texts) == 6 and all(set(t) <= set("01234") for t in texts)
+    assert cli_main(["evaluate", "--model", str(trained_run), "--data", str(generated_dir), "--length", "3",
+                     "--allowed", "0-9", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 6
+    assert cli_main(["predict", "--model", str(trained_run), "--allowed", "a-c", str(generated_dir)]) == 2
+    assert cli_main(["predict", "--model", str(trained_run), "--length", "3", "--max-length", "2",
+                     str(generated_dir)]) == 2

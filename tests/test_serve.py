@@ -417,3 +417,19 @@ def test_warmup_leaves_no_batch_size_to_trace(run):
     for size in (4, 7, 13):
         fresh.predict_arrays(np.stack([blank] * size))
     assert fresh.model.predict_function.experimental_get_tracing_count() == traced
+
+
+def test_a_request_can_hold_readings_to_an_alphabet(client, pngs):
+    files = [("file", ("a.png", pngs[0], "image/png")), ("file", ("b.png", pngs[1], "image/png"))]
+    free = client.post("/predict", files=files).json()["predictions"]
+    held = client.post("/predict?allowed=0-2&length=3", files=files).json()["predictions"]
+    assert all(set(p["text"]) <= set("012") and len(p["text"]) == 3 for p in held)
+    assert [p["text"] for p in client.post("/predict", files=files).json()["predictions"]] == [p["text"] for p in free]
+
+
+@pytest.mark.parametrize("query, message", [("length=x", "whole number"), ("allowed=AB", "not in the model's"),
+                                            ("lenght=3", "unknown query parameter"), ("length=4", "exactly 3"),
+                                            ("min_length=3&max_length=2", "longer than")])
+def test_a_bad_constraint_is_a_400_naming_it(client, pngs, query, message):
+    response = client.post(f"/predict?{query}", files=[("file", ("a.png", pngs[0], "image/png"))])
+    assert response.status_code == 400 and message in response.json()["error"]

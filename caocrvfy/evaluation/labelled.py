@@ -8,15 +8,18 @@ from caocrvfy.data.charset import fold_case
 from caocrvfy.data.folders import read_folder
 from caocrvfy.errors import DataError
 from caocrvfy.evaluation.scores import char_accuracy, full_match
+from caocrvfy.inference.decoding import Constraint
 from caocrvfy.inference.predictor import PREDICT_BATCH, Predictor
 from caocrvfy.progress import Progress
 
 
 def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False,
-                         batch_size: int = PREDICT_BATCH, progress: bool = False):
+                         batch_size: int = PREDICT_BATCH, progress: bool = False,
+                         constraint: Constraint | None = None):
     """Reads a labelled folder (labels as `read_folder`): (truth, prediction, confidence) records,
     their image paths, and the skipped items with reasons. Case-folded when asked or when the
-    model was trained with --ignore-case."""
+    model was trained with --ignore-case. `constraint` holds the readings to a length and an
+    alphabet (`Constraint`)."""
     # Labels the model cannot read (characters outside its set, another length for a
     # fixed-length model) are skipped and listed, not scored; compared case-folded, the set is too.
     folded = ignore_case or predictor.ignore_case
@@ -26,7 +29,7 @@ def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: 
     label_of = dict(zip(found.paths, found.labels))
     records, paths, skipped = [], [], list(found.skipped)
     counter = Progress(len(found.paths), "read") if progress else None
-    for path, prediction, error in predictor.predict_files(found.paths, batch_size=batch_size):
+    for path, prediction, error in predictor.predict_files(found.paths, batch_size=batch_size, constraint=constraint):
         if counter:
             counter.update(1)
         if error:
@@ -39,8 +42,9 @@ def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: 
     return records, paths, skipped
 
 
-def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False) -> dict:
+def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False,
+                    constraint: Constraint | None = None) -> dict:
     """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`)."""
-    records, _, skipped = read_labelled_folder(predictor, folder, ignore_case)
+    records, _, skipped = read_labelled_folder(predictor, folder, ignore_case, constraint=constraint)
     return {"full_match": full_match(records), "char_accuracy": char_accuracy(records), "count": len(records),
             "skipped": [{"file": n, "reason": r} for n, r in skipped]}

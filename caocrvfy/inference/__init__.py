@@ -7,7 +7,7 @@ SavedModel files) and `export` (writing them).
     for p in reader.predict(["a.png"]): print(p.text, p.confidence)
 """
 
-from caocrvfy.inference.decoding import Prediction
+from caocrvfy.inference.decoding import Constraint, Prediction
 from caocrvfy.inference.predictor import Predictor, expand_inputs
 
-__all__ = ["Prediction", "Predictor", "expand_inputs"]
+__all__ = ["Constraint", "Prediction", "Predictor", "expand_inputs"]

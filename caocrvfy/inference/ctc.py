@@ -39,12 +39,23 @@ def ctc_label_probability(probs: np.ndarray, label: np.ndarray) -> float:
     return float(np.exp(log_scale + np.log(max(alpha[-2:].sum() if len(alpha) > 1 else alpha[-1], 1e-300))))
 
 
-def ctc_best_path_of_length(probs: np.ndarray, length: int) -> np.ndarray | None:
-    """The most probable CTC path that reads exactly `length` characters (Viterbi over the
-    number of characters read so far and the last symbol); its 1-based classes, or None when
-    the output has too few steps."""
+def ctc_best_path(probs: np.ndarray, min_length: int = 0, max_length: int | None = None,
+                  allowed: np.ndarray | None = None) -> np.ndarray | None:
+    """The most probable CTC path that reads from `min_length` to `max_length` characters (None:
+    no upper bound), each of them one of the `allowed` classes (a boolean mask over the 1-based
+    classes; None: all): Viterbi over the number of characters read so far and the last symbol.
+    Its 1-based classes, or None when no path meets the constraint (too few steps, or nothing
+    allowed while characters are required). The unconstrained best path is the per-step argmax,
+    so a reading that already meets the constraint is kept as it is."""
     steps, symbols = probs.shape
     logp = np.log(np.clip(probs, 1e-30, 1.0))
+    if allowed is not None:
+        logp[:, 1:] = np.where(np.asarray(allowed, bool)[None, :], logp[:, 1:], -np.inf)
+    if max_length is None and min_length == 0:  # no count to track: the best step by step
+        return ctc_collapse(logp.argmax(1))
+    length = steps if max_length is None else max_length
+    if min_length > length:
+        return None
     # score[k, s]: best log probability of a path prefix that has read k characters and whose
     # last symbol is s (0 = blank); back[t, k, s] = (k, s) it came from.
     score = np.full((length + 1, symbols), -np.inf)
@@ -80,9 +91,11 @@ def ctc_best_path_of_length(probs: np.ndarray, length: int) -> np.ndarray | None
         back[t, 1:, 1:, 0] = np.where(better, rows[:, None], back[t, 1:, 1:, 0])
         back[t, 1:, 1:, 1] = np.where(better, best_prev, back[t, 1:, 1:, 1])
         score = new
-    if not np.isfinite(score[length]).any():
+    ends = score[min_length:].max(1)
+    if not np.isfinite(ends).any():
         return None
-    k, s = length, int(score[length].argmax())
+    k = min_length + int(ends.argmax())  # the best count in range; the shortest on ties
+    s = int(score[k].argmax())
     path = [s]
     for t in range(steps - 1, 0, -1):
         k, s = back[t, k, s]

@@ -18,7 +18,7 @@ import numpy as np
 
 from caocrvfy.data.images import IMAGE_SUFFIXES, open_image
 from caocrvfy.errors import DataError
-from caocrvfy.inference.decoding import Prediction, decode_outputs
+from caocrvfy.inference.decoding import Constraint, Prediction, decode_outputs
 from caocrvfy.locations import resolve_model_path
 from caocrvfy.model_config import ModelConfig, migrate, model_config_of, read_config
 
@@ -91,8 +91,9 @@ class Predictor:
         name = str(image) if isinstance(image, (str, Path)) else "an image"
         return open_image(image, self.height, self.width, self.channels, name=name)
 
-    def predict_arrays(self, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> list[Prediction]:
-        return self.decode(self.outputs(images, batch_size))
+    def predict_arrays(self, images: np.ndarray, batch_size: int = PREDICT_BATCH,
+                       constraint: Constraint | None = None) -> list[Prediction]:
+        return self.decode(self.outputs(images, batch_size), constraint)
 
     def outputs(self, images: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
         """The model's raw outputs for a uint8 batch (what `decode` turns into text)."""
@@ -108,12 +109,21 @@ class Predictor:
                 outputs.append(np.asarray(self.model(batch)))
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
-    def decode(self, outputs: np.ndarray) -> list[Prediction]:
+    def check(self, constraint: Constraint) -> None:
+        """DataError, before any work, when this model cannot meet `constraint`."""
+        constraint.check(self.charset, self.head, self.model_config.max_length)
+
+    def decode(self, outputs: np.ndarray, constraint: Constraint | None = None) -> list[Prediction]:
+        """Text and confidence from raw outputs; `constraint` holds each reading to a length
+        range and a set of characters (see `Constraint`)."""
+        if constraint is not None:
+            self.check(constraint)
         if not len(outputs):
             return []
-        return decode_outputs(outputs, self.head, self.charset, self.length)
+        return decode_outputs(outputs, self.head, self.charset, self.length, constraint)
 
-    def predict(self, images: list, batch_size: int = PREDICT_BATCH) -> list[Prediction]:
+    def predict(self, images: list, batch_size: int = PREDICT_BATCH,
+                constraint: Constraint | None = None) -> list[Prediction]:
         """Reads each image; raises DataError naming the first one that cannot be decoded."""
         arrays = []
         for image in images:
@@ -122,9 +132,9 @@ class Predictor:
             except Exception as exc:
                 name = image if isinstance(image, (str, Path)) else type(image).__name__
                 raise DataError(f"{name} cannot be read as an image ({exc}).") from exc
-        return self.predict_arrays(np.stack(arrays) if arrays else np.zeros((0,)), batch_size)
+        return self.predict_arrays(np.stack(arrays) if arrays else np.zeros((0,)), batch_size, constraint)
 
-    def predict_files(self, paths: list[Path], batch_size: int = PREDICT_BATCH):
+    def predict_files(self, paths: list[Path], batch_size: int = PREDICT_BATCH, constraint: Constraint | None = None):
         """Yields (path, Prediction or None, error or None) for every file, in batches; a file
         that cannot be decoded gets its error and the rest are still read."""
         for start in range(0, len(paths), batch_size):
@@ -136,7 +146,7 @@ class Predictor:
                     ok.append(path)
                 except Exception as exc:
                     errors[path] = f"cannot be read as an image ({type(exc).__name__}: {exc})"
-            predictions = dict(zip(ok, self.predict_arrays(np.stack(arrays)) if arrays else []))
+            predictions = dict(zip(ok, self.predict_arrays(np.stack(arrays), constraint=constraint) if arrays else []))
             for path in chunk:
                 yield path, predictions.get(path), errors.get(path)
 

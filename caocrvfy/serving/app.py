@@ -26,10 +26,11 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from caocrvfy.errors import DataError
+from caocrvfy.inference.decoding import Constraint
 from caocrvfy.inference.predictor import PREDICT_BATCH, Predictor, bucket, jax_backend
 from caocrvfy.serving.batcher import MicroBatcher
 from caocrvfy.serving.requests import (API_KEY_ENV, IMAGE_FIELD, ApiKey, BodyLimit, Limits, RequestError,
-                                       decode_upload, read_images)
+                                       constraint_of_query, decode_upload, read_images)
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,9 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
 
     model_lock = threading.Lock()
 
-    def run_model(arrays: list[np.ndarray]):
+    def run_model(arrays: list[np.ndarray], constraint: Constraint | None = None):
         with model_lock:
-            return predictor.predict_arrays(np.stack(arrays))
+            return predictor.predict_arrays(np.stack(arrays), constraint=constraint)
 
     if warmup:
         # The first call builds the graph, and a second batch size makes Keras trace it once more
@@ -119,11 +120,11 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
     batcher = None if batch_window_ms is None else MicroBatcher(
         predictor.outputs, max_batch=max(limits.max_images, PREDICT_BATCH), window_s=batch_window_ms / 1000)
 
-    async def read(arrays: list[np.ndarray]):
+    async def read(arrays: list[np.ndarray], constraint: Constraint | None):
         if batcher is None:
-            return await run_in_threadpool(run_model, arrays)
+            return await run_in_threadpool(run_model, arrays, constraint)
         outputs = await asyncio.wrap_future(batcher.submit(arrays))
-        return await run_in_threadpool(predictor.decode, outputs)
+        return await run_in_threadpool(predictor.decode, outputs, constraint)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -161,11 +162,14 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
               openapi_extra={"requestBody": _REQUEST_BODY})
     async def predict(request: Request):
         """Reads one or more captchas: multipart field `file` (repeated for a batch) or JSON
-        {"images": [base64, ...]}; answers text and confidence per image, in order."""
+        {"images": [base64, ...]}; answers text and confidence per image, in order. Query
+        parameters `length`, `min_length`, `max_length` and `allowed` hold every reading of the
+        request to a length and an alphabet (`?length=5&allowed=0-9`)."""
+        constraint = constraint_of_query(request.query_params, predictor)
         items = await read_images(request, limits)
         arrays = await run_in_threadpool(
             lambda: [decode_upload(data, label, predictor, limits.max_pixels) for label, _, data in items])
-        results = await read(arrays)
+        results = await read(arrays, constraint)
         return {"predictions": [
             {"index": i, "text": p.text, "confidence": round(p.confidence, 6)} | ({"file": name} if name else {})
             for i, ((_, name, _), p) in enumerate(zip(items, results))]}

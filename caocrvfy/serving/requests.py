@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from caocrvfy.data.charset import parse_charset
+from caocrvfy.errors import DataError
+from caocrvfy.inference.decoding import Constraint
 from caocrvfy.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,34 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+CONSTRAINT_FIELDS = ("length", "min_length", "max_length", "allowed")
+
+
+def constraint_of_query(query, predictor: Predictor) -> Constraint | None:
+    """The request's `length`, `min_length`, `max_length` and `allowed` query parameters as a
+    Constraint (None without them); a 400 naming the parameter when one is wrong."""
+    unknown = sorted(set(query) - set(CONSTRAINT_FIELDS))
+    if unknown:
+        raise RequestError(400, f"unknown query parameter(s) {', '.join(unknown)}: /predict takes "
+                                f"{', '.join(CONSTRAINT_FIELDS)}.")
+    numbers = {}
+    for name in CONSTRAINT_FIELDS[:3]:
+        if name in query:
+            text = query[name]
+            if not text.isdigit() or len(text) > 4:
+                raise RequestError(400, f"{name} must be a whole number of characters, not {text[:20]!r}.")
+            numbers[name] = int(text)
+    try:
+        allowed = parse_charset(query["allowed"]) if "allowed" in query else None
+        constraint = Constraint.of(numbers.get("length"), numbers.get("min_length"), numbers.get("max_length"),
+                                   allowed)
+        if constraint is not None:
+            predictor.check(constraint)
+    except (ValueError, DataError) as exc:
+        raise RequestError(400, str(exc)) from exc
+    return constraint
 
 
 def decode_upload(data: bytes, label: str, predictor: Predictor, max_pixels: int) -> np.ndarray:
