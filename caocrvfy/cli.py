@@ -38,7 +38,9 @@ def _generate(args) -> int:
 
 
 def _predict(args) -> int:
+    from caocrvfy.errors import DataError
     from caocrvfy.inference import Predictor, expand_inputs
+    from caocrvfy.inference.arithmetic import solve
 
     reader = Predictor.load(args.model)
     constraint = constraint_of(args)
@@ -56,14 +58,26 @@ def _predict(args) -> int:
             log.error(f"{path}: {error}; skipped")
             if args.json:
                 print(json.dumps({"file": str(path), "error": error}))
-        elif args.json:
-            print(json.dumps({"file": str(path), "text": prediction.text, "confidence": round(prediction.confidence, 6)}))
+            continue
+        line = {"file": str(path), "text": prediction.text}
+        if args.solve:
+            try:
+                line["answer"] = solve(prediction.text)
+            except DataError as exc:  # this image only: the batch goes on
+                failures += 1
+                line["error"] = str(exc)
+                log.error(f"{path}: the reading {exc}; no answer")
+        line["confidence"] = round(prediction.confidence, 6)
+        if args.json:
+            print(json.dumps(line))
         else:
-            print(f"{path}\t{prediction.text}\t{prediction.confidence:.4f}")
+            answer = [line.get("answer", "")] if args.solve else []
+            print("\t".join([str(path), prediction.text, *answer, f"{prediction.confidence:.4f}"]))
     if args.labels_csv:
         write_labels_csv(readings, Path(args.labels_csv))
     if failures:
-        log.error(f"{failures} of {len(paths)} file(s) could not be read (listed above); the others were read")
+        log.error(f"{failures} of {len(paths)} file(s) could not be read{' or solved' if args.solve else ''} "
+                  "(listed above); the others were read")
     return 1 if failures else 0
 
 
@@ -102,6 +116,8 @@ def _evaluate(args) -> int:
     from caocrvfy.inference import Predictor
 
     reader = Predictor.load(args.model)
+    if args.solve:
+        return _evaluate_answers(reader, args)
     if args.report:
         return _evaluate_report(reader, args)
     result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case, constraint=constraint_of(args))
@@ -112,6 +128,41 @@ def _evaluate(args) -> int:
     else:
         print(f"full-match {result['full_match']:.4f}  char accuracy {result['char_accuracy']:.4f}  "
               f"on {result['count']} images ({len(result['skipped'])} skipped)")
+    return 0
+
+
+def _evaluate_answers(reader, args) -> int:
+    """evaluate --solve: the share of images whose reading solves to the label's answer (a label
+    is the expression or the answer itself)."""
+    from caocrvfy.errors import DataError
+    from caocrvfy.evaluation.labelled import read_labelled_folder
+    from caocrvfy.inference.arithmetic import solve
+
+    records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case,
+                                                   constraint=constraint_of(args))
+    right, unsolved, scored = 0, 0, 0
+    for (truth, reading, _), path in zip(records, paths):
+        try:
+            wanted = solve(truth)
+        except DataError as exc:
+            skipped.append((path.name, f"the label {exc}: neither an expression nor an answer"))
+            continue
+        scored += 1
+        try:
+            right += solve(reading) == wanted
+        except DataError:
+            unsolved += 1
+    for name, reason in skipped:
+        log.warning(f"skipped {name}: {reason}")
+    if not scored:
+        raise DataError(f"{args.data} has no label that is an expression or an answer: label arithmetic captchas "
+                        "with the expression (14+27=?) or the answer (41).")
+    figures = {"answer_accuracy": right / scored, "count": scored, "not_expressions": unsolved}
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(f"answers right {figures['answer_accuracy']:.4f} on {scored} images ({unsolved} readings not "
+              f"expressions, {len(skipped)} skipped)")
     return 0
 
 
@@ -266,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH,
                    help=f"images per model call (default {PREDICT_BATCH})")
+    g.add_argument("--solve", action="store_true",
+                   help="arithmetic captchas: also print the answer of each reading (14+27=? -> 41); a reading "
+                        "that is not an expression gets an error on its line and the others go on")
     g.add_argument("--labels-csv", metavar="OUT",
                    help="also write the readings as a labels.csv (file,label,confidence), most doubtful first, "
                         "to correct by hand and train on with --data")
@@ -278,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true",
                    help="print full_match, char_accuracy and count as JSON (with --report: every report figure)")
     g.add_argument("--report", metavar="OUT", help="write OUT/report.md with figures on what the model gets wrong")
+    g.add_argument("--solve", action="store_true",
+                   help="arithmetic captchas: score the answers of the readings against each label's answer (a "
+                        "label is the expression, 14+27=?, or the answer, 41)")
     g.set_defaults(func=_evaluate)
 
     g = sub.add_parser("export", parents=[common], help="export a model as SavedModel, ONNX or TFLite (see docs/export.md)")

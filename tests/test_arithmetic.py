@@ -1,0 +1,70 @@
+"""Arithmetic captchas: the parser behind `predict --solve` and `evaluate --solve`."""
+
+from __future__ import annotations
+
+import json
+import random
+from fractions import Fraction
+
+import pytest
+
+from caocrvfy.cli import main as cli_main
+from caocrvfy.inference.arithmetic import ExpressionError, solve, solve_exact
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("14+27=?", "41"), ("14+27=", "41"), ("14+27?", "41"), (" 5 + 5 = ? ", "10"), ("3x4", "12"), ("3X4", "12"),
+    ("3*4", "12"), ("3×4=?", "12"), ("8/2", "4"), ("12÷4", "3"), ("2+3x4", "14"), ("2x3+4", "10"),
+    ("10-2-3", "5"), ("8/2/2", "2"), ("3-5", "-2"), ("7/2", "3.5"), ("1/3", "0.333333"), ("41", "41"),
+    ("007+1", "8"),
+])
+def test_solve(text, answer):
+    assert solve(text) == answer
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no expression"), ("=?", "no expression"), ("14+", "alternate"), ("x3", "alternate"),
+    ("1++2", "alternate"), ("a+b", "'a' is neither"), ("1/0", "divides by zero"), ("2x(3)", r"'\(' is neither"),
+    ("__import__('os')", "neither a digit"), ("1234567890+1", "more than 9 digits"), ("1" * 70, "longer than"),
+    ("14+27=?=?", "'=' is neither"), ("1**2", "alternate"),
+])
+def test_what_is_not_an_expression_is_one_sentence(text, message):
+    with pytest.raises(ExpressionError, match=message):
+        solve(text)
+
+
+def test_precedence_and_order_match_exact_arithmetic():
+    rng = random.Random(0)
+    for _ in range(500):
+        numbers = [rng.randint(1, 99) for _ in range(rng.randint(1, 5))]
+        ops = [rng.choice("+-x/") for _ in numbers[1:]]
+        text = str(numbers[0]) + "".join(f"{o}{n}" for o, n in zip(ops, numbers[1:]))
+        # the oracle: Python's own precedence on Fractions of the same tokens
+        oracle = eval("".join([f"Fraction({numbers[0]})"] + [f"{'*' if o == 'x' else o}Fraction({n})"
+                                                             for o, n in zip(ops, numbers[1:])]))
+        assert solve_exact(text) == oracle, text
+
+
+def test_predict_solve_prints_the_answer_beside_the_reading(trained_run, generated_dir, capsys):
+    assert cli_main(["predict", "--model", str(trained_run), "--solve", "--json", str(generated_dir)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
+    assert len(lines) == 6
+    assert all(line["answer"] == str(int(line["text"])) for line in lines)  # the tiny model reads 3 digits
+
+
+def test_evaluate_solve_scores_answers(trained_run, generated_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    rows = ["file,label"]
+    for i, path in enumerate(sorted(generated_dir.glob("*.png"))):
+        shutil.copy(path, folder / f"{i}.png")
+        rows.append(f"{i}.png,{path.name.split('_')[0]}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert cli_main(["evaluate", "--model", str(trained_run), "--data", str(folder), "--solve", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["count"] == 6 and figures["not_expressions"] == 0 and 0 <= figures["answer_accuracy"] <= 1
+    assert cli_main(["evaluate", "--model", str(trained_run), "--data", str(folder), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)["full_match"]
+    assert figures["answer_accuracy"] >= plain  # a right reading is a right answer
