@@ -30,8 +30,20 @@ def _generate(args) -> int:
         charset = parse_charset(args.charset)
     except ValueError as exc:
         raise DataError(f"--charset: {exc}") from exc
-    spec = CaptchaSpec(charset, args.length, args.width, args.height)
-    out = args.out or Path("data") / f"captcha-{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}"
+    spec = CaptchaSpec(charset, args.length, args.width, args.height, style=args.style)
+    if args.arithmetic:
+        from caocrvfy.data.expressions import ExpressionSpec
+
+        try:
+            low, _, high = args.operands.partition("-")
+            expressions = ExpressionSpec(int(low), int(high), args.operators, args.ask)
+        except ValueError as exc:
+            raise DataError(f"--arithmetic: {exc}") from exc
+        shortest, longest = expressions.lengths
+        spec = CaptchaSpec(expressions.charset, longest, args.width, args.height, style=args.style,
+                           min_length=shortest, arithmetic=expressions.text())
+    kind = "arithmetic" if args.arithmetic else f"captcha-{spec.length}x{len(spec.charset)}"
+    out = args.out or Path("data") / f"{kind}-{spec.width}x{spec.height}"
     folder = generate(out, args.count, spec, workers=args.workers)
     print(folder)
     return 0
@@ -276,7 +288,9 @@ def port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
+    from caocrvfy.data.expressions import ASKS, DEFAULT_ASK, DEFAULT_OPERANDS, DEFAULT_OPERATORS, OPERATORS
     from caocrvfy.data.synthetic import CaptchaSpec
+    from caocrvfy.data.varied import STYLES
     from caocrvfy.inference.export import FORMATS
     from caocrvfy.inference.predictor import PREDICT_BATCH
     from caocrvfy.serving.requests import Limits
@@ -302,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--length", type=positive_int, default=spec.length, help=f"characters per captcha (default {spec.length})")
     g.add_argument("--width", type=positive_int, default=spec.width, help=f"(default {spec.width})")
     g.add_argument("--height", type=positive_int, default=spec.height, help=f"(default {spec.height})")
+    g.add_argument("--style", choices=STYLES, default=spec.style,
+                   help=f"the captcha library's look, or varied fonts, colours and noise (default {spec.style})")
+    g.add_argument("--arithmetic", action="store_true",
+                   help="draw expressions such as 14+27=? (INDEX.png, labels in labels.csv); --charset and --length "
+                        "follow from the options below")
+    g.add_argument("--operands", default=f"{DEFAULT_OPERANDS[0]}-{DEFAULT_OPERANDS[1]}", metavar="LOW-HIGH",
+                   help=f"with --arithmetic: the numbers' range (default {DEFAULT_OPERANDS[0]}-{DEFAULT_OPERANDS[1]})")
+    g.add_argument("--operators", default=DEFAULT_OPERATORS,
+                   help=f"with --arithmetic: some of {OPERATORS} (default {DEFAULT_OPERATORS}); subtractions stay "
+                        "at or above 0, divisions are exact")
+    g.add_argument("--ask", default=DEFAULT_ASK, choices=ASKS,
+                   help=f"with --arithmetic: what follows the expression (default {DEFAULT_ASK!r})")
     g.add_argument("--count", type=positive_int, default=1000, help="images wanted in the folder (default 1000)")
     g.add_argument("--out", help="folder (default data/captcha-LxN-WxH); an existing one is topped up")
     g.add_argument("--workers", type=positive_int, help="processes (default: every CPU core)")

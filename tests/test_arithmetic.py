@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from caocrvfy.cli import main as cli_main
@@ -68,3 +70,39 @@ def test_evaluate_solve_scores_answers(trained_run, generated_dir, tmp_path, cap
     assert cli_main(["evaluate", "--model", str(trained_run), "--data", str(folder), "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)["full_match"]
     assert figures["answer_accuracy"] >= plain  # a right reading is a right answer
+
+
+def test_expression_labels_are_solvable_whole_and_in_range():
+    from caocrvfy.data.expressions import ExpressionSpec
+
+    spec = ExpressionSpec(0, 30, "+-x/", "=?")
+    assert ExpressionSpec.parse(spec.text()) == spec and spec.lengths == (5, 7)
+    for label in spec.labels(400, np.random.default_rng(0)):
+        assert label.endswith("=?") and set(label) <= set(spec.charset)
+        a, op, b = re.fullmatch(r"(\d+)([-+x/])(\d+)=\?", label).groups()
+        assert 0 <= int(a) <= 30 and 0 <= int(b) <= 30
+        value = solve_exact(label)
+        assert value >= 0 and value.denominator == 1, label  # no negative answers, exact divisions
+
+
+@pytest.mark.parametrize("options, message", [(["--operands", "5-2"], "operands 5-2"),
+                                              (["--operators", "+%"], "operators"), (["--operands", "x"], "arithmetic")])
+def test_bad_arithmetic_options_are_one_sentence(tmp_path, options, message, caplog):
+    assert cli_main(["generate", "--arithmetic", "--count", "2", "--out", str(tmp_path / "a"), *options]) == 2
+    assert message in caplog.text
+
+
+def test_generate_arithmetic_labels_in_labels_csv_and_tops_up(tmp_path):
+    from caocrvfy.data.folders import read_folder
+
+    out = tmp_path / "arith"
+    args = ["generate", "--arithmetic", "--operands", "1-9", "--operators", "+x/", "--ask", "=", "--width", "96",
+            "--height", "32", "--workers", "1", "--out", str(out)]
+    assert cli_main([*args, "--count", "5"]) == 0
+    assert cli_main([*args, "--count", "8"]) == 0
+    found = read_folder(out)
+    assert sorted(p.name for p in found.paths) == sorted(f"{i}.png" for i in range(8))
+    assert all(label.endswith("=") and solve(label).isdigit() for label in found.labels)
+    assert found.charset == "".join(sorted("0123456789+x/="))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arithmetic"] == "1-9 +x/ =" and manifest["min_length"] == 4 and manifest["length"] == 4

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, encode_labels, parse_charset
-from caocrvfy.data.folders import MANIFEST
+from caocrvfy.data.expressions import ExpressionSpec
+from caocrvfy.data.folders import MANIFEST, read_labels_csv, write_labels_csv
 from caocrvfy.errors import DataError
 from caocrvfy.progress import Progress
 
@@ -40,6 +41,7 @@ class CaptchaSpec:
     height: int = 60
     style: str = "captcha"  # or "varied": caocrvfy.data.varied, drawn at site-like sizes, resized to width x height
     min_length: int | None = None  # None: every label has `length` characters
+    arithmetic: str | None = None  # an ExpressionSpec's text ("0-20 +-x =?"): labels are expressions, in labels.csv
 
     @property
     def shortest(self) -> int:
@@ -83,6 +85,8 @@ def drawing_pool(workers: int, spec: CaptchaSpec):
 
 
 def _random_labels(spec: CaptchaSpec, count: int) -> list[str]:
+    if spec.arithmetic:
+        return ExpressionSpec.parse(spec.arithmetic).labels(count)
     if _worker_varied is not None:
         return _worker_varied.labels(spec.charset, spec.shortest, spec.length, count)
     rng = np.random.default_rng()
@@ -97,11 +101,20 @@ def _drawn(spec: CaptchaSpec, label: str) -> Image.Image:
     return _worker_varied.image(label).resize((spec.width, spec.height), Image.BILINEAR)
 
 
-def _write_chunk(job: tuple[str, CaptchaSpec, int, int]) -> int:
+def _file_name(spec: CaptchaSpec, label: str, index: int) -> str:
+    """LABEL_INDEX.png; INDEX.png for expressions (`/`, `*` and `?` cannot be in a file name),
+    whose labels go to labels.csv."""
+    return f"{index}.png" if spec.arithmetic else f"{label}_{index}.png"
+
+
+def _write_chunk(job: tuple[str, CaptchaSpec, int, int]) -> list[tuple[str, str]]:
     out_dir, spec, start, count = job
+    written = []
     for index, label in zip(range(start, start + count), _random_labels(spec, count)):
-        _drawn(spec, label).save(os.path.join(out_dir, f"{label}_{index}.png"))
-    return count
+        name = _file_name(spec, label, index)
+        _drawn(spec, label).save(os.path.join(out_dir, name))
+        written.append((name, label))
+    return written
 
 
 def _array_chunk(job: tuple[CaptchaSpec, int, int, tuple[int, int]]) -> tuple[np.ndarray, list[str]]:
@@ -126,15 +139,17 @@ def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:
     """Where `caocrvfy train` caches the synthetic captchas of `spec` for `split` (train, val)."""
     key = hashlib.sha1(spec.charset.encode()).hexdigest()[:8]
     kind = "" if spec.style == "captcha" and spec.fixed_length else f"{spec.style}-{spec.shortest}to"
+    if spec.arithmetic:
+        kind = f"arithmetic-{hashlib.sha1(spec.arithmetic.encode()).hexdigest()[:6]}-{kind}"
     return Path(cache_dir) / f"synthetic-{kind}{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
 
 
-_OLD_DEFAULTS = {"style": "captcha", "min_length": None}  # manifests written before these existed
+_OLD_DEFAULTS = {"style": "captcha", "min_length": None, "arithmetic": None}  # manifests written before these existed
 
 
 def _manifest_fields(spec: CaptchaSpec) -> dict:
     return {"charset": spec.charset, "length": spec.length, "width": spec.width, "height": spec.height,
-            "style": spec.style, "min_length": spec.min_length}
+            "style": spec.style, "min_length": spec.min_length, "arithmetic": spec.arithmetic}
 
 
 def _captcha_version() -> str:
@@ -158,9 +173,13 @@ def generate(
         mine = _manifest_fields(spec)
         if {k: old.get(k, _OLD_DEFAULTS.get(k)) for k in mine} != mine:
             raise DataError(f"{out} holds captchas of another kind ({manifest_path}); choose another folder.")
-    existing = [m for m in (_GENERATED.match(p.name) for p in out.iterdir()) if m]
-    have = len(existing)
-    start = max((int(m["index"]) for m in existing), default=-1) + 1
+    if spec.arithmetic:  # INDEX.png, labelled in labels.csv
+        rows = read_labels_csv(out / "labels.csv")[0] if (out / "labels.csv").exists() else []
+        indices = [int(name[:-4]) for name, _ in rows if re.fullmatch(r"\d+\.png", name)]
+    else:
+        rows, indices = [], [int(m["index"]) for m in (_GENERATED.match(p.name) for p in out.iterdir()) if m]
+    have = len(indices)
+    start = max(indices, default=-1) + 1
     need = max(count - have, 0)
     if need:
         workers = workers or os.cpu_count() or 1
@@ -168,8 +187,11 @@ def generate(
         log.info(f"generating {need} captchas into {out} ({have} there already) with {workers} processes")
         progress = Progress(need, "generate")
         with drawing_pool(workers, spec) as pool:
-            for n in pool.imap_unordered(_write_chunk, jobs):
-                progress.update(n)
+            for written in pool.imap_unordered(_write_chunk, jobs):
+                rows.extend(written)
+                progress.update(len(written))
+        if spec.arithmetic:
+            write_labels_csv(sorted(rows, key=lambda row: (len(row[0]), row[0])), out / "labels.csv")  # 2.png before 10.png
     manifest = {
         **_manifest_fields(spec),
         "count": have + need,
