@@ -218,3 +218,15 @@ def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
     callback.on_epoch_end(0, logs)
     assert logs["pseudo_labels"] == 0 and len(pool.pseudo_images) == 0
     assert logs["pseudo_threshold"] > 0.99  # the three validation readings were wrong, and sure of it
+
+
+@pytest.mark.parametrize("labels, widened", [
+    (["ab12", "ba21"], "0123456789abcdefghijklmnopqrstuvwxyz"),  # lower case and digits: the base's of both
+    (["AB", "CA"], "ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    (["12", "34"], "0123456789"),
+    (["1+2=?"], "+0123456789=?"),  # symbols only from the labels
+])
+def test_a_few_labels_take_the_init_models_letters_and_digits_in_their_case(labels, widened):
+    from caocrvfy.training.datasets import site_alphabet
+
+    assert site_alphabet(labels, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-=?") == widened

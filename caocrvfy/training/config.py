@@ -25,6 +25,9 @@ _MODEL = ModelConfig()
 
 SYNTHETIC_SOURCES = ("cache", "memory", "stream")
 AUGMENT_BELOW = 5_000  # labelled training images; below this augmentation is on unless switched off
+# Labelled images below which the character set also takes the --init model's letters and digits
+# in the labels' case: a few labels may miss characters the site uses (25 labels of one site missed 2 of 24).
+ALPHABET_FROM_INIT_BELOW = 500
 SMALL_SET_BELOW, SMALL_BATCH, BATCH = 2_000, 16, 64  # labelled images; batch size below and above
 GPU_STEPS_PER_EXECUTION = 8  # 1.59x the stream-fed rate on an H100 (BENCHMARKS.md)
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau's cut

@@ -15,7 +15,7 @@ from caocrvfy.data import folders, synthetic
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, encode_labels, parse_charset
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ModelConfig
-from caocrvfy.training.config import STREAM_MIN_CAPACITY, TrainConfig
+from caocrvfy.training.config import ALPHABET_FROM_INIT_BELOW, STREAM_MIN_CAPACITY, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,13 @@ def stream_workers() -> int:
     return max(1, (os.cpu_count() or 1) - 2)
 
 
-def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None) -> TrainingData:
+def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None,
+              init_charset: str | None = None) -> TrainingData:
     """Reads or draws the run's data; `saved` (a resumed run's model) fixes the input size,
-    character set and length."""
+    character set and length; `init_charset`: the character set of the --init model, which a
+    small labelled set's character set is widened with (`site_alphabet`)."""
     if cfg.data:
-        return _labelled(cfg, channels, saved)
+        return _labelled(cfg, channels, saved, init_charset)
     spec = synthetic.CaptchaSpec(parse_charset(cfg.charset or DEFAULT_CHARSET_SPEC), cfg.length, cfg.width, cfg.height,
                                  cfg.style, cfg.min_length)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else locations.cache_dir()
@@ -72,7 +74,22 @@ def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None)
                         cfg.train_size, stream)
 
 
-def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None) -> TrainingData:
+def site_alphabet(labels: list[str], init_charset: str) -> str:
+    """The labels' characters plus the init model's letters and digits in the labels' case:
+    digits when the labels hold digits, lower-case letters when they hold lower-case ones,
+    upper-case likewise. Symbols come only from the labels."""
+    seen = set("".join(labels))
+    kinds = {kind for kind, test in (("digit", str.isdigit), ("lower", str.islower), ("upper", str.isupper))
+             if any(test(c) for c in seen)}
+
+    def kind(c: str) -> str | None:
+        return "digit" if c.isdigit() else "lower" if c.islower() else "upper" if c.isupper() else None
+
+    return "".join(sorted(seen | {c for c in init_charset if c.isalnum() and kind(c) in kinds}))
+
+
+def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
+              init_charset: str | None = None) -> TrainingData:
     charset = parse_charset(cfg.charset) if cfg.charset else None
     found = folders.read_folder(cfg.data, charset=charset, ignore_case=cfg.ignore_case)
     if saved is not None:
@@ -84,6 +101,12 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None) -> Tra
     images, labels, paths = folders.load_images(found, height, width, channels)
     found.report_skipped()
     charset = saved.charset if saved is not None else found.charset
+    if saved is None and init_charset and not cfg.charset and len(labels) < ALPHABET_FROM_INIT_BELOW:
+        widened = site_alphabet(labels, init_charset)
+        if widened != charset:
+            log.info(f"{len(labels)} labelled images may miss characters the site uses: character set "
+                     f"{charset!r} widened with the --init model's to {widened!r} (--charset sets it)")
+            charset = widened
     max_length = saved.max_length if saved is not None else max(len(s) for s in labels)
     fixed = len({len(s) for s in labels}) == 1
     val = np.array([folders.is_validation(p.name, cfg.val_fraction) for p in paths])

@@ -166,7 +166,8 @@ def train(cfg: TrainConfig) -> Path:
         cfg = dataclasses.replace(cfg, init=init_path)
     init = read_init(init_path) if init_path else None
     chosen = architecture(cfg, init[1] if init else None)
-    data = load_data(cfg, channels=saved.channels if saved else chosen["channels"], saved=saved)
+    data = load_data(cfg, channels=saved.channels if saved else chosen["channels"], saved=saved,
+                     init_charset=init[1].charset if init else None)
     try:
         plan = plan_run(cfg, data, chosen, saved, device, gpu)
         created = not run_dir.exists()
