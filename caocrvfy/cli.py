@@ -443,3 +443,6 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         log.error(str(exc))
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGINT, e.g. ending `serve` or `label`: no traceback
+        log.info("stopped")
+        return 130
