@@ -200,7 +200,7 @@ class FakeReader:
     length = None  # labels of any length
     ignore_case = False
 
-    def predict_files(self, paths, batch_size=256):
+    def predict_files(self, paths, batch_size=256, constraint=None):
         for i, path in enumerate(paths):
             label = path.name.split("_")[0]
             yield path, Prediction(label if i % 2 else label.upper(), 0.5 + 0.1 * i), None
