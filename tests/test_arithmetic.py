@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from fractions import Fraction
+from fractions import Fraction  # noqa: F401  (used by the eval oracle below)
 
 import numpy as np
 import pytest
@@ -79,7 +79,7 @@ def test_expression_labels_are_solvable_whole_and_in_range():
     assert ExpressionSpec.parse(spec.text()) == spec and spec.lengths == (5, 7)
     for label in spec.labels(400, np.random.default_rng(0)):
         assert label.endswith("=?") and set(label) <= set(spec.charset)
-        a, op, b = re.fullmatch(r"(\d+)([-+x/])(\d+)=\?", label).groups()
+        a, _, b = re.fullmatch(r"(\d+)([-+x/])(\d+)=\?", label).groups()
         assert 0 <= int(a) <= 30 and 0 <= int(b) <= 30
         value = solve_exact(label)
         assert value >= 0 and value.denominator == 1, label  # no negative answers, exact divisions

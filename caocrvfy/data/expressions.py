@@ -36,7 +36,7 @@ class ExpressionSpec:
             raise ValueError(f"ask {self.ask!r}: one of {', '.join(repr(a) for a in ASKS)}")
 
     @classmethod
-    def parse(cls, text: str) -> "ExpressionSpec":
+    def parse(cls, text: str) -> ExpressionSpec:
         """From the text form "LOW-HIGH OPERATORS [ASK]"."""
         parts = text.split()
         try:
