@@ -22,14 +22,10 @@ log = logging.getLogger("caocrvfy")
 
 
 def _generate(args) -> int:
-    from caocrvfy.data.charset import parse_charset
     from caocrvfy.data.synthetic import CaptchaSpec, generate
     from caocrvfy.errors import DataError
 
-    try:
-        charset = parse_charset(args.charset)
-    except ValueError as exc:
-        raise DataError(f"--charset: {exc}") from exc
+    charset = charset_option(args.charset, "--charset")
     spec = CaptchaSpec(charset, args.length, args.width, args.height, style=args.style)
     if args.arithmetic:
         from caocrvfy.data.expressions import ExpressionSpec
@@ -55,7 +51,7 @@ def _predict(args) -> int:
     from caocrvfy.inference.arithmetic import solve
 
     reader = Predictor.load(args.model)
-    constraint = constraint_of(args)
+    constraint = constraint_of(args, reader)
     paths = expand_inputs(args.inputs)
     if not paths:
         log.error("no image files found in the inputs given: name image files or folders of them.")
@@ -110,17 +106,27 @@ def write_labels_csv(readings: list, out: Path) -> None:
     log.info(f"wrote {len(readings)} readings to {out}, most doubtful first: correct them, then train with --data")
 
 
-def constraint_of(args):
-    """The --length, --min-length, --max-length and --allowed options as a Constraint, or None."""
+def charset_option(text: str, option: str) -> str:
+    """A character-set option's characters (ranges expanded), or DataError naming the option."""
     from caocrvfy.data.charset import parse_charset
     from caocrvfy.errors import DataError
-    from caocrvfy.inference.decoding import Constraint
 
     try:
-        allowed = parse_charset(args.allowed) if args.allowed is not None else None
+        return parse_charset(text)
     except ValueError as exc:
-        raise DataError(f"--allowed: {exc}") from exc
-    return Constraint.of(args.length, args.min_length, args.max_length, allowed)
+        raise DataError(f"{option}: {exc}") from exc
+
+
+def constraint_of(args, reader):
+    """The --length, --min-length, --max-length and --allowed options as a Constraint (or None),
+    checked against the model before any image is read."""
+    from caocrvfy.inference.decoding import Constraint
+
+    allowed = charset_option(args.allowed, "--allowed") if args.allowed is not None else None
+    constraint = Constraint.of(args.length, args.min_length, args.max_length, allowed)
+    if constraint is not None:
+        reader.check(constraint)
+    return constraint
 
 
 def _evaluate(args) -> int:
@@ -132,7 +138,7 @@ def _evaluate(args) -> int:
         return _evaluate_answers(reader, args)
     if args.report:
         return _evaluate_report(reader, args)
-    result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case, constraint=constraint_of(args))
+    result = evaluate_folder(reader, args.data, ignore_case=args.ignore_case, constraint=constraint_of(args, reader))
     for item in result["skipped"]:
         log.warning(f"skipped {item['file']}: {item['reason']}")
     if args.json:
@@ -151,7 +157,7 @@ def _evaluate_answers(reader, args) -> int:
     from caocrvfy.inference.arithmetic import solve
 
     records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case,
-                                                   constraint=constraint_of(args))
+                                                   constraint=constraint_of(args, reader))
     right, unsolved, scored = 0, 0, 0
     for (truth, reading, _), path in zip(records, paths):
         try:
@@ -183,7 +189,7 @@ def _evaluate_report(reader, args) -> int:
     from caocrvfy.evaluation.report import write_report
 
     records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case, progress=True,
-                                                   constraint=constraint_of(args))
+                                                   constraint=constraint_of(args, reader))
     for name, reason in skipped:
         log.warning(f"skipped {name}: {reason}")
     about = [f"Model `{reader.path}` on `{args.data}`: {len(records)} captchas"
@@ -236,14 +242,9 @@ def _label(args) -> int:
     except ImportError as exc:
         log.error(f"caocrvfy label needs FastAPI and uvicorn ({exc}): pip install 'caocrvfy[serve]'")
         return 2
-    from caocrvfy.data.charset import parse_charset
-    from caocrvfy.errors import DataError
     from caocrvfy.labelling.store import LabelStore
 
-    try:
-        charset = parse_charset(args.charset) if args.charset else None
-    except ValueError as exc:
-        raise DataError(f"--charset: {exc}") from exc
+    charset = charset_option(args.charset, "--charset") if args.charset else None
     labeller = Labeller(LabelStore(args.folder, charset), args.model, args.train_minutes)
     if args.print_next is not None:
         lines = print_next(labeller, args.print_next)

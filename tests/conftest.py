@@ -6,6 +6,7 @@ default run stays fast on a 2-core CPU; the trained models are not expected to r
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,18 @@ def tiny_spec() -> CaptchaSpec:
 def generated_dir(tmp_path_factory) -> Path:
     """A folder of 6 generated captchas (LABEL_INDEX.png and manifest.json); do not modify it."""
     return generate(tmp_path_factory.mktemp("generated"), 6, TINY_SPEC, workers=1)
+
+
+@pytest.fixture
+def site_folder(tmp_path, generated_dir) -> Path:
+    """The six generated captchas renamed cap00.png ... (no label in the name) and a text file:
+    a folder to label."""
+    out = tmp_path / "site"
+    out.mkdir()
+    for i, path in enumerate(sorted(generated_dir.glob("*.png"))):
+        shutil.copy(path, out / f"cap{i:02d}.png")
+    (out / "notes.txt").write_text("not an image")
+    return out
 
 
 @pytest.fixture(scope="session")

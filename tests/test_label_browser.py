@@ -90,12 +90,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def folder(tmp_path, generated_dir) -> Path:
-    out = tmp_path / "site"
-    out.mkdir()
-    for i, path in enumerate(sorted(generated_dir.glob("*.png"))):
-        shutil.copy(path, out / f"cap{i:02d}.png")
-    return out
+def folder(site_folder) -> Path:
+    return site_folder
 
 
 def shown(page) -> str:

@@ -28,14 +28,8 @@ from caocrvfy.locations import base_model  # noqa: E402
 
 
 @pytest.fixture
-def folder(tmp_path, generated_dir) -> Path:
-    """Six unlabelled captchas (renamed, so that no label hides in the name) and a text file."""
-    out = tmp_path / "site"
-    out.mkdir()
-    for i, path in enumerate(sorted(generated_dir.glob("*.png"))):
-        shutil.copy(path, out / f"cap{i:02d}.png")
-    (out / "notes.txt").write_text("not an image")
-    return out
+def folder(site_folder) -> Path:
+    return site_folder
 
 
 def rows(path: Path) -> list[list[str]]:

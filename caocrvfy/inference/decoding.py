@@ -38,9 +38,9 @@ class Constraint:
                 raise DataError(f"length {length} contradicts min/max length {min_length}/{max_length}: give one or "
                                 "the other.")
             min_length = max_length = length
-        for name, value in (("length", min_length), ("length", max_length)):
+        for value in (min_length, max_length):
             if value is not None and value < 0:
-                raise DataError(f"a {name} is a whole number of characters, 0 or more, not {value}.")
+                raise DataError(f"a length is a whole number of characters, 0 or more, not {value}.")
         if min_length is not None and max_length is not None and min_length > max_length:
             raise DataError(f"the shortest reading allowed ({min_length}) is longer than the longest ({max_length}).")
         if allowed is not None and not allowed:

@@ -110,14 +110,13 @@ class Predictor:
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
     def check(self, constraint: Constraint) -> None:
-        """DataError, before any work, when this model cannot meet `constraint`."""
+        """DataError when this model cannot meet `constraint`: call it before any work (decoding
+        checks again)."""
         constraint.check(self.charset, self.head, self.model_config.max_length)
 
     def decode(self, outputs: np.ndarray, constraint: Constraint | None = None) -> list[Prediction]:
         """Text and confidence from raw outputs; `constraint` holds each reading to a length
         range and a set of characters (see `Constraint`)."""
-        if constraint is not None:
-            self.check(constraint)
         if not len(outputs):
             return []
         return decode_outputs(outputs, self.head, self.charset, self.length, constraint)
