@@ -10,6 +10,11 @@ unless --batch says more) and stops early at --time-cap seconds; the server must
 machine (loopback only). Files named LABEL_anything.png also give a full-match column. Prints a
 markdown table and writes the rows to benchmarks/results/serve-load-DATE.json; exits 1 if any
 request failed.
+
+Where the time goes: each answer's Server-Timing header (body, decode, queue, model, text) is
+kept with its latency, and a second table splits the median request and the slowest 1% into
+those parts; "outside" is what the client waited beyond them (the connection, the server's
+event loop before and after the handler, the client's own loop).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
     import httpx
 
     latencies: list[float] = []
+    timings: list[dict] = []
     failures: list[str] = []
     right = read = 0
     next_request = 0
@@ -69,6 +75,7 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
                 failures.append(f"{type(exc).__name__}: {exc}")
                 continue
             latencies.append(time.perf_counter() - sent)
+            timings.append(parse_server_timing(response.headers.get("server-timing", "")))
             if response.status_code != 200:
                 failures.append(f"{response.status_code}: {response.text[:200]}")
                 continue
@@ -84,7 +91,38 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
     return {"clients": clients, "requests": len(latencies) + len(failures), "failed": len(failures),
             "images_per_s": len(latencies) * batch / wall, "p50": float(np.percentile(ms, 50)),
             "p99": float(np.percentile(ms, 99)), "wall": wall, "full_match": right / read if read else None,
-            "first_failure": failures[0] if failures else None}
+            "first_failure": failures[0] if failures else None,
+            "parts_p50": parts_of(latencies, timings, 0.45, 0.55), "parts_slowest_1pct": parts_of(latencies, timings, 0.99, 1.0)}
+
+
+PARTS = ("body", "decode", "queue", "model", "text")
+
+
+def parse_server_timing(header: str) -> dict:
+    """'body;dur=0.4, batch;desc="3 images"' -> {"body": 0.4, "batch": 3} (ms; images)."""
+    found = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, rest = part.partition(";")
+        if rest.startswith("dur="):
+            found[name] = float(rest[4:])
+        elif rest.startswith('desc="'):
+            found[name] = int(rest[6:].split()[0])
+    return found
+
+
+def parts_of(latencies: list[float], timings: list[dict], low: float, high: float) -> dict:
+    """Mean parts (ms) of the requests whose latency lies between the `low` and `high` quantiles
+    (0.45-0.55: around the median; 0.99-1.0: the slowest 1%), at least one request."""
+    if not latencies:
+        return {}
+    order = np.argsort(latencies)
+    start = min(int(low * len(order)), len(order) - 1)
+    chosen = order[start:max(start + 1, int(high * len(order)))]
+    rows = [timings[i] for i in chosen]
+    mean = {name: float(np.mean([r.get(name, 0.0) for r in rows])) for name in (*PARTS, "batch")}
+    mean["total"] = float(np.mean([latencies[i] * 1000 for i in chosen]))
+    mean["outside"] = mean["total"] - sum(mean[name] for name in PARTS)
+    return mean
 
 
 def free_port() -> int:
@@ -160,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         match = f"{r['full_match']:.3f}" if r["full_match"] is not None else "-"
         print(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | "
               f"{r['p50']:.1f} | {r['p99']:.1f} | {match} | {r['wall']:.1f} |")
+    print("\nWhere the time went (ms): requests around the median / the slowest 1%\n")
+    print("| server | clients | " + " | ".join(PARTS) + " | outside | total | images per model call |")
+    print("| --- | ---: |" + " ---: |" * (len(PARTS) + 3))
+    for r in rows:
+        mid, tail = r["parts_p50"], r["parts_slowest_1pct"]
+        if not mid:
+            continue
+        cells = [f"{mid[n]:.1f} / {tail[n]:.1f}" for n in (*PARTS, "outside", "total", "batch")]
+        print(f"| {r['server']} | {r['clients']} | " + " | ".join(cells) + " |")
     common.write_result("serve-load", {"model": args.model, "batch": args.batch, "requests": args.requests,
                                        "time_cap": args.time_cap, "levels": rows}, args.results_dir)
     failed = [r for r in rows if r["failed"]]

@@ -2,6 +2,13 @@
 
     python benchmarks/speed_vs_ddddocr.py
     python benchmarks/speed_vs_ddddocr.py --model models/captcha-6x62 --model models/runs/cpu20 --count 1000
+    python benchmarks/speed_vs_ddddocr.py --formats tflite,tflite-int8,tflite-int8-full,onnx,onnx-int8-dynamic,onnx-int8-static
+
+Formats: keras, onnx, tflite, and tflite-int8 (`caocrvfy export --int8`); measured here but not
+offered by caocrvfy: tflite-int8-full (TFLite's full-integer form, calibrated on 200 fresh
+captchas of the model's kind that are not among the read ones), onnx-int8-dynamic and
+onnx-int8-static (ONNX Runtime's quantize_dynamic, and quantize_static in QDQ form calibrated on
+the same 200).
 
 Every reader gets the same PNG files as bytes, so decoding, resizing and turning the outputs
 into text are all inside the timings. Single-image latency: one image per call, in turn,
@@ -38,10 +45,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def quantised_export(model: str, fmt: str, out: Path, calibration: list) -> Path:
+    """The benchmark-only int8 forms, made with the converters' own quantisers."""
+    import numpy as np
+
+    from caocrvfy.inference.export import export_model, tflite_converter
+    from caocrvfy.locations import resolve_model_path
+    from caocrvfy.model_config import read_config
+    from caocrvfy.model_enhanced import load_saved_model
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "tflite-int8-full":
+        import tensorflow as tf
+
+        model_path, config_path = resolve_model_path(model)
+        converter = tflite_converter(load_saved_model(model_path), read_config(config_path))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        out.write_bytes(converter.convert())
+        export_model(model, "tflite", out.parent / "float.tflite")  # config.json beside
+        return out
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    plain = export_model(model, "onnx", out.parent / "float.onnx")
+    if fmt == "onnx-int8-dynamic":
+        quantize_dynamic(str(plain), str(out), weight_type=QuantType.QInt8)
+        return out
+
+    import onnxruntime
+
+    name = onnxruntime.InferenceSession(str(plain)).get_inputs()[0].name
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: np.ascontiguousarray(image[None])} for image in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(plain), str(out), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+QUANTISED = ("tflite-int8-full", "onnx-int8-dynamic", "onnx-int8-static")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="caocrvfy model, repeatable (default: the shipped captcha-6x62)")
-    p.add_argument("--formats", default="keras,onnx,tflite", help="(default keras,onnx,tflite)")
+    p.add_argument("--formats", default="keras,onnx,tflite,tflite-int8",
+                   help=f"from keras, onnx, tflite, tflite-int8, {', '.join(QUANTISED)} (default keras,onnx,tflite,tflite-int8)")
     p.add_argument("--count", type=int, default=1000, help="captchas read (default 1000)")
     p.add_argument("--single", type=int, default=300, help="images timed one at a time per round (default 300)")
     p.add_argument("--rounds", type=int, default=3, help="(default 3)")
@@ -52,9 +112,9 @@ def main() -> int:
 
     from caocrvfy.data.folders import read_folder
     from caocrvfy.data.synthetic import CaptchaSpec, generate
+    from caocrvfy.evaluation.scores import case_folded_full_match, full_match
     from caocrvfy.inference import Predictor
     from caocrvfy.inference.export import export_model
-    from caocrvfy.evaluation.scores import case_folded_full_match, full_match
     from caocrvfy.locations import default_model, resolve_model_path
     from caocrvfy.model_config import load_model_config
 
@@ -72,10 +132,24 @@ def main() -> int:
 
     readers = {}
     export_dir = Path(tempfile.mkdtemp(prefix="caocrvfy-export-"))
+    calibration = []
+    if any(fmt in QUANTISED for fmt in args.formats.split(",")):
+        from caocrvfy.data.images import open_image
+
+        drawn = generate(export_dir / "calibration", 200, CaptchaSpec(first.charset, first.max_length, first.width,
+                                                                      first.height))
+        calibration = [open_image(path, first.height, first.width, first.channels) for path in read_folder(drawn).paths]
     for model in models:
         name = resolve_model_path(model)[0].parent.name
         for fmt in args.formats.split(","):
-            path = model if fmt == "keras" else export_model(model, fmt, export_dir / name / f"model.{fmt}")
+            suffix = fmt.split("-")[0]
+            target = export_dir / name / fmt / f"model.{suffix}"
+            if fmt == "keras":
+                path = model
+            elif fmt in QUANTISED:
+                path = quantised_export(model, fmt, target, calibration)
+            else:
+                path = export_model(model, suffix, target, int8=fmt == "tflite-int8")
             readers[f"caocrvfy {name} ({fmt})"] = Predictor.load(path)
     ocr, peer_version = common.load_ddddocr()
     if ocr is None:

@@ -227,3 +227,34 @@ def test_exports_read_under_a_constraint_like_keras(exports, reference, images, 
     texts = [p.text for p in reader.predict(images, constraint=rule)]
     assert all(len(t) == 2 and set(t) <= set("1357") for t in texts)
     assert [p.text for p in Predictor.load(exported(exports, fmt)).predict(images, constraint=rule)] == texts
+
+
+def test_int8_tflite_is_smaller_and_reads_close_to_float(tmp_path, images):
+    """Weights above TFLite's 1,024-element floor are stored as int8: wider layers than TINY."""
+    keras.utils.set_random_seed(3)
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    build_model(charset=CHARSET, max_length=3, height=SHAPE[0], width=SHAPE[1], filters=(8, 16, 32, 32),
+                dense_units=64, rnn_units=64).save(folder / "model.keras")
+    config = ModelConfig(charset=CHARSET, max_length=3, fixed_length=False, height=SHAPE[0], width=SHAPE[1],
+                         filters=(8, 16, 32, 32), dense_units=64, rnn_units=64)
+    (folder / "config.json").write_text(json.dumps({"version": 2, "model": config.to_json()}))
+    plain = export_model(folder, "tflite", tmp_path / "float")
+    assert cli_main(["export", "--model", str(folder), "--format", "tflite", "--int8", "--out",
+                     str(tmp_path / "int8")]) == 0
+    small = tmp_path / "int8" / "model.tflite"
+    assert small.stat().st_size < 0.6 * plain.stat().st_size
+    batch = np.stack([Predictor.load(folder).prepare(p) for p in images])
+    expected = load_runtime(plain).predict_on_batch(batch)
+    actual = load_runtime(small).predict_on_batch(batch)
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() < 0.05
+    assert Predictor.load(small).predict(images[:2])[0].text is not None
+
+
+def test_int8_is_refused_for_formats_where_it_does_not_pay(run, tmp_path, caplog):
+    with pytest.raises(DataError, match="--int8 is for --format tflite"):
+        export_model(run, "onnx", tmp_path / "m.onnx", int8=True)
+    assert cli_main(["export", "--model", str(run), "--format", "savedmodel", "--int8", "--out", str(tmp_path / "s")]) != 0
+    assert "--int8 is for --format tflite only, and savedmodel" in caplog.text
+    assert not (tmp_path / "s").exists()

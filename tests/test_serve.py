@@ -114,6 +114,18 @@ def test_predict_one_and_a_batch_in_order(client, reader, pngs):
     assert all(len(p["text"]) == 3 and 0.0 <= p["confidence"] <= 1.0 for p in batch)
 
 
+def test_server_timing_says_where_the_time_went(client, reader, pngs):
+    header = client.post("/predict", files=files(*pngs[:2])).headers["Server-Timing"]
+    parts = dict(part.split(";", 1) for part in header.split(", "))
+    assert list(parts) == ["body", "decode", "queue", "model", "text", "batch"]
+    assert all(float(parts[name].removeprefix("dur=")) >= 0 for name in ("body", "decode", "queue", "model", "text"))
+    assert parts["batch"] == 'desc="2 images"'
+    unbatched = TestClient(create_app(reader, LIMITS, warmup=False, batch_window_ms=None))
+    with unbatched:
+        header = unbatched.post("/predict", files=files(pngs[0])).headers["Server-Timing"]
+    assert [part.split(";")[0] for part in header.split(", ")] == ["body", "decode", "model"]
+
+
 def test_predict_json_base64(client, reader, pngs):
     expected = [p.text for p in reader.predict(pngs[:2])]
     images = [base64.b64encode(pngs[0]).decode(), "data:image/png;base64," + base64.b64encode(pngs[1]).decode()]
@@ -304,10 +316,15 @@ def test_micro_batcher_reads_waiting_requests_together():
     first = batcher.submit([np.array([0])])
     assert started.wait(5)  # the model is busy with the first request ...
     waiting = [batcher.submit([np.array([i]), np.array([10 + i])]) for i in range(1, 4)]
+    time.sleep(0.05)
     release.set()  # ... so the three that came meanwhile are read in one call
     assert first.result(5) == [0]
     assert [f.result(5) for f in waiting] == [[1, 11], [2, 12], [3, 13]]
     assert sizes == [1, 6] and (batcher.calls, batcher.images) == (2, 7)
+    # queue waited, model took, images in the call: the three waited at least while the first was read
+    assert first.timing[2] == 1 and [f.timing[2] for f in waiting] == [6, 6, 6]
+    assert all(f.timing[0] >= 0 and f.timing[1] >= 0 for f in [first, *waiting])
+    assert min(f.timing[0] for f in waiting) >= 0.05 and first.timing[1] >= 0.05
     batcher.close()
     assert not batcher.thread.is_alive()
 

@@ -2,6 +2,7 @@
 
     caocrvfy export --model models/captcha-6x62 --format onnx --out exports/model.onnx
     caocrvfy export --model models/captcha-6x62 --format tflite
+    caocrvfy export --model models/captcha-6x62 --format tflite --int8 --out exports/int8.tflite
     caocrvfy export --model models/captcha-6x62 --format savedmodel --out exports/savedmodel
 
 Every export takes a uint8 NHWC batch of any height and width (channels as the model's) and
@@ -178,7 +179,8 @@ def _export_onnx(model, config: dict, out: Path) -> None:
     onnx.save(proto, str(out))
 
 
-def _export_tflite(model, config: dict, out: Path) -> None:
+def tflite_converter(model, config: dict):
+    """The TFLite converter of the `serve` function, weights frozen, no optimisation set."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -186,7 +188,15 @@ def _export_tflite(model, config: dict, out: Path) -> None:
     # Frozen first: converted as they are, the weights of a loaded model stay resource variables
     # that the TFLite interpreter never initialises, and it reads NaN.
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+
+
+def _export_tflite(model, config: dict, out: Path, int8: bool = False) -> None:
+    import tensorflow as tf
+
+    converter = tflite_converter(model, config)
+    if int8:  # dynamic range: int8 weights, activations quantised on the fly where a kernel takes them
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     try:
         tflite_bytes = converter.convert()
     except Exception as exc:  # the converter's own errors are long MLIR dumps
@@ -209,9 +219,18 @@ def _copy_sidecars(model_dir: Path, dest_dir: Path) -> None:
             shutil.copyfile(model_dir / name, dest_dir / name)
 
 
-def export_model(model: str | Path | None, fmt: str, out: str | Path | None = None) -> Path:
+def export_model(model: str | Path | None, fmt: str, out: str | Path | None = None, int8: bool = False) -> Path:
     """Exports a run folder's model.keras; returns the path of the .onnx/.tflite file or the
-    SavedModel folder. config.json and metrics.json are copied beside it."""
+    SavedModel folder. config.json and metrics.json are copied beside it.
+
+    `int8` (TFLite only) stores the weights as 8-bit integers (dynamic-range quantisation):
+    a third of the size, and faster single images at the same accuracy (BENCHMARKS.md,
+    "Integer quantisation"). ONNX Runtime's int8 and TFLite's full-integer form were measured
+    too: less accurate and no faster, so they are not offered."""
+    if int8 and fmt != "tflite":
+        raise DataError(f"--int8 is for --format tflite only, and {fmt} is exported in float (ONNX Runtime's int8 "
+                        "read less well and no faster: BENCHMARKS.md, Integer quantisation); give --format tflite "
+                        "--int8, or drop --int8.")
     model_path, config_path = resolve_model_path(model)
     if model_path.suffix != ".keras":
         raise DataError(f"{model_path} is already an export: give the run folder or its model.keras.")
@@ -232,6 +251,9 @@ def export_model(model: str | Path | None, fmt: str, out: str | Path | None = No
         # Convert into a temporary name so that a failed conversion leaves no half-written file.
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             partial = Path(tmp) / target.name
-            {"onnx": _export_onnx, "tflite": _export_tflite}[fmt](loaded, config, partial)
+            if fmt == "onnx":
+                _export_onnx(loaded, config, partial)
+            else:
+                _export_tflite(loaded, config, partial, int8)
             partial.replace(target)
     return target

@@ -15,6 +15,9 @@ class MicroBatcher:
     waiting (up to `max_batch`, and for up to `window_s` after the first), reads them in one
     model call and hands each request its share. With `window_s` 0 nothing waits on purpose:
     requests that arrive while the model is busy are read together in its next call.
+
+    Each future gets `timing` before its result: (seconds it waited in the queue, seconds the
+    model call took, images in that call), which the server sends back as Server-Timing.
     """
 
     def __init__(self, predict_arrays, max_batch: int = PREDICT_BATCH, window_s: float = 0.0):
@@ -29,6 +32,7 @@ class MicroBatcher:
         if self.closed:
             raise RuntimeError("the server is shutting down")
         future: concurrent.futures.Future = concurrent.futures.Future()
+        future.submitted = time.perf_counter()
         self.jobs.put((arrays, future))
         return future
 
@@ -63,14 +67,17 @@ class MicroBatcher:
             if not taken:
                 continue
             arrays = [a for job_arrays, _ in taken for a in job_arrays]
+            started = time.perf_counter()
             try:
                 results = self.predict_arrays(np.stack(arrays))
             except Exception as exc:  # every waiting request gets the error; the thread goes on
                 for _, future in taken:
                     future.set_exception(exc)
                 continue
+            took = time.perf_counter() - started
             self.calls, self.images = self.calls + 1, self.images + len(arrays)
             start = 0
             for job_arrays, future in taken:
+                future.timing = (started - future.submitted, took, len(arrays))
                 future.set_result(results[start : start + len(job_arrays)])
                 start += len(job_arrays)

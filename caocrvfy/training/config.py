@@ -19,6 +19,7 @@ from caocrvfy.data.folders import LABELLED_HEIGHT
 from caocrvfy.data.varied import STYLES
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ARCHITECTURE, COLUMN_STRIDES, HEADS, ModelConfig, read_config
+from caocrvfy.training import distillation
 from caocrvfy.training.compile import DEFAULT_LEARNING_RATE
 
 _MODEL = ModelConfig()
@@ -66,6 +67,10 @@ class TrainConfig:
     head_dropout: float = _MODEL.head_dropout
     augment: str = "auto"
     init: str | None = None
+    # distillation
+    teacher: str | None = None
+    distill_temperature: float = distillation.TEMPERATURE
+    distill_weight: float = distillation.WEIGHT
     # optimisation
     epochs: int = 150
     batch_size: int | None = None  # None: SMALL_BATCH for small labelled sets, else BATCH
@@ -191,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "architecture is used (settings given here win, e.g. --column-stride 4 to finish a "
                                   "stride-8 model at stride 4) and its weights copied; an output layer for other "
                                   "characters keeps the weights of each character both read (or its other case)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", help="a trained CTC reader (run folder or model.keras) whose per-step distributions "
+                                     "the model also learns, softened by --distill-temperature; it needs the model's "
+                                     "input size, characters and --column-stride (default: none)")
+    g.add_argument("--distill-temperature", type=float, help=f"(default {d.distill_temperature})")
+    g.add_argument("--distill-weight", type=float,
+                   help=f"share of the teacher's term in the loss, the true labels' the rest (default {d.distill_weight})")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", type=int,
@@ -228,6 +240,7 @@ RANGES = {  # setting: (lowest, highest, whether the lowest is allowed)
     "head_dropout": (0.0, 0.95, True), "epochs": (1, None, True), "batch_size": (1, None, True),
     "learning_rate": (0.0, None, False), "warmup_epochs": (0.0, None, True), "time_limit": (0.0, None, False),
     "patience": (1, None, True), "plateau_patience": (1, None, True),
+    "distill_temperature": (0.0, None, False), "distill_weight": (0.0, 1.0, True),
 }
 BUDGET = ("epochs", "time_limit", "patience")  # what --resume lets a user change
 
@@ -289,6 +302,9 @@ def check_choices(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
     if cfg.head == "ctc" and (len(terms) > 1 or terms[0] not in ("focal", "ce")):
         parser.error(f"--loss {cfg.loss} needs per-position outputs: give --head softmax or sigmoid, "
                      "or --loss focal or ce for the ctc head")
+    if cfg.teacher and cfg.head != "ctc":
+        parser.error(f"--teacher needs the ctc head: the teacher's per-step distributions are CTC outputs, "
+                     f"not --head {cfg.head}")
     if cfg.unlabelled and not cfg.data:
         parser.error("--unlabelled needs --data: the labelled images calibrate which readings are trusted")
     if cfg.min_length is not None and cfg.min_length > cfg.length:

@@ -20,6 +20,7 @@ from caocrvfy.errors import DataError
 from caocrvfy.files import write_json_atomic, write_text_atomic
 from caocrvfy.model_config import ModelConfig, load_model_config
 from caocrvfy.training import callbacks as cb
+from caocrvfy.training import distillation
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
                                       PLATEAU_FACTOR, SMALL_BATCH, SMALL_SET_BELOW, RunPlan, TrainConfig,
                                       saved_config_json)
@@ -224,6 +225,11 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         cb.trim_history(run_dir / "history.csv", state["epoch"])
     with strategy.scope() if strategy else contextlib.nullcontext():
         model, initial_epoch = model_for_run(cfg, plan, checkpoint, init)
+        if cfg.teacher:
+            teacher = distillation.load_teacher(cfg.teacher, model, plan.model)
+            distillation.attach_teacher(model, teacher, cfg.distill_temperature, cfg.distill_weight)
+            log.info(f"distilling from {cfg.teacher} at temperature {cfg.distill_temperature:g}, "
+                     f"weight {cfg.distill_weight:g} (the true labels {1 - cfg.distill_weight:g})")
     if strategy is not None and os.environ.get("TF_CONFIG"):
         patch_keras_for_multi_worker(model)
     write_text_atomic(saved_config_json(cfg, plan), run_dir / "config.json")
