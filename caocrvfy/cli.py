@@ -1,6 +1,7 @@
 """The `caocrvfy` command: generate, train, predict, evaluate, export, serve, label.
 
     caocrvfy generate --count 2000 --out data/test-6x62
+    caocrvfy generate --colour-key red,blue --length 4 --width 200 --height 60 --count 2000
     caocrvfy train --train-size 20000 --time-limit 20
     caocrvfy predict --model models/captcha-6x62 some.png folder/
     caocrvfy evaluate --model models/captcha-6x62 --data data/test-6x62 --json
@@ -22,11 +23,21 @@ log = logging.getLogger("caocrvfy")
 
 
 def _generate(args) -> int:
+    from caocrvfy.data.colour_keys import parse_pair
     from caocrvfy.data.synthetic import CaptchaSpec, generate
     from caocrvfy.errors import DataError
 
     charset = charset_option(args.charset, "--charset")
-    spec = CaptchaSpec(charset, args.length, args.width, args.height, style=args.style)
+    colour_key = None
+    if args.colour_key:
+        if args.arithmetic or args.style != "captcha":
+            raise DataError(f"--colour-key draws its own two-colour captchas: give it without "
+                            f"{'--arithmetic' if args.arithmetic else f'--style {args.style}'}.")
+        try:
+            colour_key = ",".join(map(str, parse_pair(args.colour_key)))  # as written in the manifest: red,blue
+        except DataError as exc:
+            raise DataError(f"--colour-key: {exc}") from exc
+    spec = CaptchaSpec(charset, args.length, args.width, args.height, style=args.style, colour_key=colour_key)
     if args.arithmetic:
         from caocrvfy.data.expressions import ExpressionSpec
 
@@ -39,6 +50,9 @@ def _generate(args) -> int:
         spec = CaptchaSpec(expressions.charset, longest, args.width, args.height, style=args.style,
                            min_length=shortest, arithmetic=expressions.text())
     kind = "arithmetic" if args.arithmetic else f"captcha-{spec.length}x{len(spec.charset)}"
+    if spec.colour_key:  # colour-red-blue-4x62; a #RRGGBB:TOL colour loses its # and :
+        colours = "".join(c for c in spec.colour_key.replace(",", "-") if c.isalnum() or c == "-")
+        kind = f"colour-{colours}-{spec.length}x{len(spec.charset)}"
     out = args.out or Path("data") / f"{kind}-{spec.width}x{spec.height}"
     folder = generate(out, args.count, spec, workers=args.workers)
     print(folder)
@@ -50,7 +64,7 @@ def _predict(args) -> int:
     from caocrvfy.inference import Predictor, expand_inputs
     from caocrvfy.inference.arithmetic import solve
 
-    reader = Predictor.load(args.model)
+    reader = Predictor.load(args.model, keep_colour=args.keep_colour)
     constraint = constraint_of(args, reader)
     paths = expand_inputs(args.inputs)
     if not paths:
@@ -133,7 +147,7 @@ def _evaluate(args) -> int:
     from caocrvfy.evaluation import evaluate_folder
     from caocrvfy.inference import Predictor
 
-    reader = Predictor.load(args.model)
+    reader = Predictor.load(args.model, keep_colour=args.keep_colour)
     if args.solve:
         return _evaluate_answers(reader, args)
     if args.report:
@@ -232,7 +246,7 @@ def _serve(args) -> int:
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})  # one option per field
     window = None if args.no_batching else args.batch_window_ms
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    run(Predictor.load(args.model), args.host, args.port, limits, args.log_level, window, api_key)
+    run(Predictor.load(args.model, keep_colour=args.keep_colour), args.host, args.port, limits, args.log_level, window, api_key)
     return 0
 
 
@@ -289,11 +303,12 @@ def port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
+    from caocrvfy.data.colour_keys import NAMED_HUES
     from caocrvfy.data.expressions import ASKS, DEFAULT_ASK, DEFAULT_OPERANDS, DEFAULT_OPERATORS, OPERATORS
     from caocrvfy.data.synthetic import CaptchaSpec
     from caocrvfy.data.varied import STYLES
     from caocrvfy.inference.export import FORMATS
-    from caocrvfy.inference.predictor import PREDICT_BATCH
+    from caocrvfy.inference.predictor import FROM_MODEL, PREDICT_BATCH
     from caocrvfy.serving.requests import Limits
 
     spec, limits = CaptchaSpec(), Limits()
@@ -310,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=at_least(int, 0, "a whole number"), metavar="N", help="at most N characters")
     g.add_argument("--allowed", metavar="CHARS",
                    help="only these characters, ranges allowed, e.g. 0-9 (default: the model's whole set)")
+    keyed = argparse.ArgumentParser(add_help=False)
+    keyed.add_argument("--keep-colour", default=FROM_MODEL, metavar="COLOUR",
+                       help=f"read only the characters of this colour: {', '.join(NAMED_HUES)}, black, or "
+                            "#RRGGBB[:TOLERANCE]; none reads every pixel (default: the colour the model was trained "
+                            "with, if any; docs/colour-keys.md)")
 
     g = sub.add_parser("generate", parents=[common], help="make labelled captchas with the captcha library")
     g.add_argument("--charset", default=DEFAULT_CHARSET_SPEC,
@@ -330,13 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ask", default=DEFAULT_ASK, choices=ASKS,
                    help=f"with --arithmetic: what follows the expression (default {DEFAULT_ASK!r})")
     g.add_argument("--count", type=positive_int, default=1000, help="images wanted in the folder (default 1000)")
-    g.add_argument("--out", help="folder (default data/captcha-LxN-WxH); an existing one is topped up")
+    g.add_argument("--colour-key", metavar="KEEP,DECOY",
+                   help="two-colour captchas, e.g. red,blue: --length characters in KEEP (the label) and 1 to "
+                        "--length decoys in DECOY, at --width x --height (200x60 fits 4 and 4); colours: "
+                        f"{', '.join(NAMED_HUES)}, black, #RRGGBB[:TOLERANCE] (default: none)")
+    g.add_argument("--out", help="folder (default data/captcha-LxN-WxH, data/colour-KEEP-DECOY-LxN-WxH); an existing "
+                                 "one is topped up")
     g.add_argument("--workers", type=positive_int, help="processes (default: every CPU core)")
     g.set_defaults(func=_generate)
 
     sub.add_parser("train", help="train a model (see `caocrvfy train --help`)", add_help=False)
 
-    g = sub.add_parser("predict", parents=[common, reading], help="read captchas with a saved model",
+    g = sub.add_parser("predict", parents=[common, reading, keyed], help="read captchas with a saved model",
                        description="Reads every file; exits 0 when all were read, 1 when any could not be read "
                                    "(each is listed, the others are still read), 2 for a mistake such as a bad model.")
     g.add_argument("inputs", nargs="+", help="image files or folders")
@@ -352,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to correct by hand and train on with --data")
     g.set_defaults(func=_predict)
 
-    g = sub.add_parser("evaluate", parents=[common, reading], help="accuracy on a labelled folder")
+    g = sub.add_parser("evaluate", parents=[common, reading, keyed], help="accuracy on a labelled folder")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--data", required=True, help="labelled folder")
     g.add_argument("--ignore-case", action="store_true", help="compare case-folded")
@@ -373,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "same accuracy (see docs/export.md)")
     g.set_defaults(func=_export)
 
-    g = sub.add_parser("serve", parents=[common], help="read captchas over HTTP (POST /predict; see docs/serving.md)")
+    g = sub.add_parser("serve", parents=[common, keyed], help="read captchas over HTTP (POST /predict; see docs/serving.md)")
     g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
     g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
     g.add_argument("--port", type=port, default=8000, help="(default 8000)")

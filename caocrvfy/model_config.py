@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caocrvfy.data.colour_keys import ColourKey
 from caocrvfy.data.synthetic import CaptchaSpec
 from caocrvfy.errors import DataError
 
@@ -46,6 +47,8 @@ class ModelConfig:
     (any length), `softmax` (one per position) or `sigmoid` (the seed's multi-label form).
     column_stride: image columns per CTC step. augment: Keras augmentation layers active in
     training. ignore_case: the labels were case-folded, so readings compare case-folded.
+    keep_colour: a `ColourKey`'s text ("red", "#c81e1e:40"): the model was trained on images
+    masked to that colour, so it reads them masked too (files without it read None: no mask).
     """
 
     charset: str = _CAPTCHA.charset
@@ -64,6 +67,7 @@ class ModelConfig:
     conv_dropout: float = 0.2
     head_dropout: float = 0.4
     ignore_case: bool = False
+    keep_colour: str | None = None
     legacy: dict = field(default_factory=dict, compare=False)  # removed layouts an old model was built with
 
     def __post_init__(self):
@@ -100,6 +104,11 @@ class ModelConfig:
         for name in ("conv_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(name, "must be at least 0 and below 1")
+        if self.keep_colour is not None:
+            try:
+                ColourKey.parse(self.keep_colour)
+            except DataError as exc:
+                raise DataError(f"{source}: keep_colour: {exc}") from exc
         steps = -(-self.width // self.column_stride)
         if self.head == "ctc" and steps < 2 * self.max_length + 1:
             bad("width", f"gives {steps} CTC steps, too few for {self.max_length} characters; use a width of at "

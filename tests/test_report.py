@@ -208,7 +208,7 @@ class FakeReader:
 
 def test_cli_evaluate_report_and_json(tmp_path, monkeypatch, capsys):
     _images(tmp_path / "data", ["ab", "ba", "cc", "ac"])
-    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, path=None: FakeReader()))
+    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, path=None, keep_colour=None: FakeReader()))
     args = ["evaluate", "--data", str(tmp_path / "data")]
     assert cli.main(args + ["--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"full_match": 0.5, "char_accuracy": 0.5, "count": 4}

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from caocrvfy.data.charset import infer_charset
+from caocrvfy.data.colour_keys import ColourKey
 from caocrvfy.data.images import IMAGE_SUFFIXES, open_image
 from caocrvfy.errors import DataError
 from caocrvfy.files import write_text_atomic
@@ -155,14 +156,16 @@ def read_folder(
 
 
 def load_images(
-    data: LabelledSet, height: int, width: int, channels: int, dedupe: bool = True
+    data: LabelledSet, height: int, width: int, channels: int, dedupe: bool = True,
+    keep_colour: ColourKey | None = None,
 ) -> tuple[np.ndarray, list[str], list[Path]]:
-    """Decodes the set's images; unreadable files and exact duplicates are skipped and listed."""
+    """Decodes the set's images, masked to `keep_colour` when given (`open_image`); unreadable
+    files and exact duplicates (the same file bytes) are skipped and listed."""
 
     def one(path: Path):
         try:
             raw = path.read_bytes()
-            return hashlib.md5(raw).hexdigest(), open_image(raw, height, width, channels), None
+            return hashlib.md5(raw).hexdigest(), open_image(raw, height, width, channels, keep_colour=keep_colour), None
         except Exception as exc:  # Pillow raises many types for broken files
             return None, None, f"cannot be read as an image ({type(exc).__name__}: {exc}); replace or remove it"
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from caocrvfy.data.colour_keys import ColourKey
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -46,10 +48,22 @@ def size_warning(size: tuple[int, int], height: int, width: int) -> str | None:
     return None
 
 
-def open_image(source: str | Path | bytes, height: int, width: int, channels: int, name: str | None = None) -> np.ndarray:
+def model_input(im: Image.Image, height: int, width: int, channels: int,
+                keep_colour: ColourKey | None = None) -> np.ndarray:
+    """A decoded image as the model's uint8 (height, width, channels): masked to `keep_colour`
+    at its own size (so the mask sees every pixel), then grey or RGB, then resized."""
+    if keep_colour is not None:
+        im = keep_colour.mask(im)
+    im = im.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).reshape(height, width, channels)
+
+
+def open_image(source: str | Path | bytes, height: int, width: int, channels: int, name: str | None = None,
+               keep_colour: ColourKey | None = None) -> np.ndarray:
     """Decodes any Pillow-readable image (first frame) to uint8 (height, width, channels).
     With `name` (what to call the image when reading it with a model), an image far smaller
-    than text needs, or far from the model's aspect ratio, is read but logged as a warning."""
+    than text needs, or far from the model's aspect ratio, is read but logged as a warning.
+    With `keep_colour`, only the pixels of that colour stay, black on white (`ColourKey.mask`)."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     fh = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(fh) as im:
@@ -64,6 +78,5 @@ def open_image(source: str | Path | bytes, height: int, width: int, channels: in
             rgba = im.convert("RGBA")
             im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             im.alpha_composite(rgba)
-        im = im.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8).reshape(height, width, channels)
+        return model_input(im, height, width, channels, keep_colour)
 

@@ -21,8 +21,10 @@ import numpy as np
 from PIL import Image
 
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, encode_labels, parse_charset
+from caocrvfy.data.colour_keys import ColourKey, parse_pair
 from caocrvfy.data.expressions import ExpressionSpec
 from caocrvfy.data.folders import MANIFEST, read_labels_csv, write_labels_csv
+from caocrvfy.data.images import model_input
 from caocrvfy.errors import DataError
 from caocrvfy.progress import Progress
 
@@ -42,6 +44,14 @@ class CaptchaSpec:
     style: str = "captcha"  # or "varied": caocrvfy.data.varied, drawn at site-like sizes, resized to width x height
     min_length: int | None = None  # None: every label has `length` characters
     arithmetic: str | None = None  # an ExpressionSpec's text ("0-20 +-x =?"): labels are expressions, in labels.csv
+    colour_key: str | None = None  # "KEEP,DECOY": caocrvfy.data.colour_captchas, labels the KEEP-coloured characters
+
+    def __post_init__(self):
+        if self.colour_key is not None:
+            parse_pair(self.colour_key)  # DataError for a malformed pair or two colours too alike
+            if self.style != "captcha" or self.arithmetic:
+                raise DataError(f"colour key {self.colour_key!r} draws its own two-colour captchas: give it without "
+                                f"{'arithmetic' if self.arithmetic else f'style {self.style!r}'}.")
 
     @property
     def shortest(self) -> int:
@@ -54,17 +64,23 @@ class CaptchaSpec:
 
 _worker_generator = None
 _worker_varied = None
+_worker_colour = None
 
 
-def _init_worker(width: int, height: int, style: str = "captcha", charset: str = "") -> None:
+def _init_worker(width: int, height: int, style: str = "captcha", charset: str = "",
+                 colour_key: str | None = None, length: int = 1) -> None:
     from captcha.image import ImageCaptcha
 
-    global _worker_generator, _worker_varied
+    global _worker_generator, _worker_varied, _worker_colour
     _worker_generator = ImageCaptcha(width=width, height=height)
     if style == "varied":
         from caocrvfy.data.varied import VariedDrawer
 
         _worker_varied = VariedDrawer(charset)
+    if colour_key:
+        from caocrvfy.data.colour_captchas import ColourCaptchaDrawer
+
+        _worker_colour = ColourCaptchaDrawer(charset, colour_key, length)
 
 
 def worker_captcha():
@@ -79,7 +95,8 @@ def drawing_pool(workers: int, spec: CaptchaSpec):
     """A process pool that draws captchas; its workers skip importing Keras (see __init__)."""
     os.environ["CAOCRVFY_DRAWING_WORKER"] = "1"
     try:
-        return mp.get_context("spawn").Pool(workers, _init_worker, (spec.width, spec.height, spec.style, spec.charset))
+        return mp.get_context("spawn").Pool(workers, _init_worker, (spec.width, spec.height, spec.style, spec.charset,
+                                                                    spec.colour_key, spec.length))
     finally:
         del os.environ["CAOCRVFY_DRAWING_WORKER"]
 
@@ -87,6 +104,8 @@ def drawing_pool(workers: int, spec: CaptchaSpec):
 def _random_labels(spec: CaptchaSpec, count: int) -> list[str]:
     if spec.arithmetic:
         return ExpressionSpec.parse(spec.arithmetic).labels(count)
+    if _worker_colour is not None:
+        return _worker_colour.labels(spec.shortest, spec.length, count)
     if _worker_varied is not None:
         return _worker_varied.labels(spec.charset, spec.shortest, spec.length, count)
     rng = np.random.default_rng()
@@ -95,7 +114,10 @@ def _random_labels(spec: CaptchaSpec, count: int) -> list[str]:
 
 
 def _drawn(spec: CaptchaSpec, label: str) -> Image.Image:
-    """One captcha at the spec's size: the `captcha` library's, or a varied one resized."""
+    """One captcha at the spec's size: the `captcha` library's, a two-colour one, or a varied
+    one resized."""
+    if _worker_colour is not None:
+        return _worker_colour.image(label, (spec.width, spec.height))
     if _worker_varied is None:
         return _worker_generator.generate_image(label)
     return _worker_varied.image(label).resize((spec.width, spec.height), Image.BILINEAR)
@@ -117,15 +139,12 @@ def _write_chunk(job: tuple[str, CaptchaSpec, int, int]) -> list[tuple[str, str]
     return written
 
 
-def _array_chunk(job: tuple[CaptchaSpec, int, int, tuple[int, int]]) -> tuple[np.ndarray, list[str]]:
-    """`count` captchas as uint8 arrays of `size` (height, width): resized as `open_image` does."""
-    spec, count, channels, (height, width) = job
+def _array_chunk(job: tuple[CaptchaSpec, int, int, tuple[int, int], ColourKey | None]) -> tuple[np.ndarray, list[str]]:
+    """`count` captchas as uint8 arrays of `size` (height, width), masked to the key when one is
+    given: as `open_image` reads them (`model_input`)."""
+    spec, count, channels, (height, width), keep_colour = job
     labels = _random_labels(spec, count)
-    mode = "L" if channels == 1 else "RGB"
-    drawn = (_drawn(spec, label).convert(mode) for label in labels)
-    if (height, width) != (spec.height, spec.width):
-        drawn = (im.resize((width, height), Image.BILINEAR) for im in drawn)
-    images = np.stack([np.asarray(im) for im in drawn]).reshape(count, height, width, channels)
+    images = np.stack([model_input(_drawn(spec, label), height, width, channels, keep_colour) for label in labels])
     return images, labels
 
 
@@ -141,15 +160,19 @@ def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:
     kind = "" if spec.style == "captcha" and spec.fixed_length else f"{spec.style}-{spec.shortest}to"
     if spec.arithmetic:
         kind = f"arithmetic-{hashlib.sha1(spec.arithmetic.encode()).hexdigest()[:6]}-{kind}"
+    if spec.colour_key:
+        kind = f"colour-{hashlib.sha1(spec.colour_key.encode()).hexdigest()[:6]}-{kind}"
     return Path(cache_dir) / f"synthetic-{kind}{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
 
 
-_OLD_DEFAULTS = {"style": "captcha", "min_length": None, "arithmetic": None}  # manifests written before these existed
+_OLD_DEFAULTS = {"style": "captcha", "min_length": None, "arithmetic": None,
+                 "colour_key": None}  # manifests written before these existed
 
 
 def _manifest_fields(spec: CaptchaSpec) -> dict:
     return {"charset": spec.charset, "length": spec.length, "width": spec.width, "height": spec.height,
-            "style": spec.style, "min_length": spec.min_length, "arithmetic": spec.arithmetic}
+            "style": spec.style, "min_length": spec.min_length, "arithmetic": spec.arithmetic,
+            "colour_key": spec.colour_key}
 
 
 def _captcha_version() -> str:
@@ -207,14 +230,14 @@ def generate(
 
 
 def draw_arrays(count: int, spec: CaptchaSpec, channels: int = 1, size: tuple[int, int] | None = None,
-                workers: int | None = None) -> tuple[np.ndarray, list[str]]:
+                workers: int | None = None, keep_colour: ColourKey | None = None) -> tuple[np.ndarray, list[str]]:
     """`count` captchas drawn straight into uint8 arrays of `size` (height, width), with their
-    labels: the same pixels as writing them as PNG files and reading them back, without the PNG
-    encoding (on one core 10.5 ms a captcha written against 6.8 ms drawn; benchmarks/drawing.py
-    compares the two ways side by side)."""
+    labels: the same pixels as writing them as PNG files and reading them back (masked to
+    `keep_colour` when given), without the PNG encoding (on one core 10.5 ms a captcha written
+    against 6.8 ms drawn; benchmarks/drawing.py compares the two ways side by side)."""
     workers = workers or os.cpu_count() or 1
     size = size or (spec.height, spec.width)
-    jobs = [(spec, n, channels, size) for _, n in _chunks(count, workers)]
+    jobs = [(spec, n, channels, size, keep_colour) for _, n in _chunks(count, workers)]
     log.info(f"drawing {count} captchas into memory with {workers} processes")
     progress = Progress(count, "draw")
     images, labels = [], []
@@ -234,8 +257,8 @@ class SyntheticStream:
     """
 
     def __init__(self, spec: CaptchaSpec, channels: int, capacity: int, workers: int, initial: int,
-                 size: tuple[int, int] | None = None):
-        self.spec, self.channels, self.capacity = spec, channels, capacity
+                 size: tuple[int, int] | None = None, keep_colour: ColourKey | None = None):
+        self.spec, self.channels, self.capacity, self.keep_colour = spec, channels, capacity, keep_colour
         self.size = size or (spec.height, spec.width)  # (height, width) kept: the model's input
         self.images = np.zeros((capacity, *self.size, channels), np.uint8)
         self.labels = np.zeros((capacity, spec.length), np.int32)
@@ -260,7 +283,7 @@ class SyntheticStream:
 
     def _fill_until_stopped(self) -> None:
         progress = Progress(self._initial, "first captchas")
-        job = (self.spec, 64, self.channels, self.size)
+        job = (self.spec, 64, self.channels, self.size, self.keep_colour)
         while not self._stop.is_set():
             # Bounded rounds: an endless job iterator would be drained into the task queue at once.
             chunks = self._pool.imap_unordered(_array_chunk, [job] * (2 * self._workers))

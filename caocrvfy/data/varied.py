@@ -162,6 +162,30 @@ def _site_size(rng: np.random.Generator) -> tuple[int, int]:
     return width, height
 
 
+def place_glyphs(glyphs: list[Image.Image], spacing: float, width: int, height: int,
+                 rng: np.random.Generator) -> list[tuple[Image.Image, tuple[int, int]]]:
+    """Each glyph mask, shrunk where the row would not fit, with its (x, y) on a `width` x
+    `height` canvas: left to right, `spacing` (a share of the mean glyph width, overlap below 0)
+    apart, the row placed at random, each glyph at a random height about the middle."""
+    mean_width = float(np.mean([g.width for g in glyphs])) if glyphs else 1.0
+    step = [max(1, int(g.width + spacing * mean_width)) for g in glyphs]
+    total = sum(step[:-1]) + (glyphs[-1].width if glyphs else 0)
+    tallest = max((g.height for g in glyphs), default=1)
+    scale = min(1.0, width * rng.uniform(0.8, 0.97) / max(total, 1), height * 0.95 / max(tallest, 1))
+    if scale < 1.0:
+        glyphs = [g.resize((max(1, int(g.width * scale)), max(1, int(g.height * scale))), Image.BILINEAR) for g in glyphs]
+        step = [max(1, int(s * scale)) for s in step]
+        total = int(total * scale)
+    x = int(rng.integers(0, max(1, width - total) + 1))
+    placed = []
+    for glyph, advance in zip(glyphs, step):
+        slack = max(0, height - glyph.height)
+        y = int(np.clip(slack / 2 + rng.normal(0, slack / 4 + 1), 0, slack))
+        placed.append((glyph, (x, y)))
+        x += advance
+    return placed
+
+
 def draw_text(text: str, rng: np.random.Generator, fonts: tuple[str, ...], size: tuple[int, int] | None = None) -> Image.Image:
     """One varied captcha of `text` as an RGB image of `size` (width, height), or of a random
     site-like size."""
@@ -183,22 +207,9 @@ def draw_text(text: str, rng: np.random.Generator, fonts: tuple[str, ...], size:
         glyphs.append(_glyph(char, _font(path, size_jitter), rng.uniform(-max_angle, max_angle), shear))
         colours.append(colour if one_colour else _ink(rng, base_luminance))
     spacing = rng.uniform(-0.25, 0.35)  # of the mean glyph width: overlap below 0
-    mean_width = float(np.mean([g.width for g in glyphs])) if glyphs else 1.0
-    step = [max(1, int(g.width + spacing * mean_width)) for g in glyphs]
-    total = sum(step[:-1]) + (glyphs[-1].width if glyphs else 0)
-    tallest = max((g.height for g in glyphs), default=1)
-    scale = min(1.0, width * rng.uniform(0.8, 0.97) / max(total, 1), height * 0.95 / max(tallest, 1))
-    if scale < 1.0:
-        glyphs = [g.resize((max(1, int(g.width * scale)), max(1, int(g.height * scale))), Image.BILINEAR) for g in glyphs]
-        step = [max(1, int(s * scale)) for s in step]
-        total = int(total * scale)
     canvas = Image.fromarray(background.astype(np.uint8), "RGB")
-    x = int(rng.integers(0, max(1, width - total) + 1))
-    for glyph, advance, ink in zip(glyphs, step, colours):
-        slack = max(0, height - glyph.height)
-        y = int(np.clip(slack / 2 + rng.normal(0, slack / 4 + 1), 0, slack))
-        canvas.paste(Image.new("RGB", glyph.size, ink), (x, y), glyph)
-        x += advance
+    for (glyph, at), ink in zip(place_glyphs(glyphs, spacing, width, height, rng), colours):
+        canvas.paste(Image.new("RGB", glyph.size, ink), at, glyph)
     draw = ImageDraw.Draw(canvas)
 
     def noise_colour():

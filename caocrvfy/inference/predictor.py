@@ -5,7 +5,11 @@
     reader.predict(["a.png", "b.png"])   # [Prediction(text='x7Kq2m', confidence=0.998), ...]
 
 The character set, length, head and input size come from the config.json saved beside the
-model (its "model" section, a `ModelConfig`), never from constants here.
+model (its "model" section, a `ModelConfig`), never from constants here; so does the colour
+key of a model trained with --keep-colour, which every image is masked to before it is read
+(in Python, exports included: their graphs take pixels already decoded):
+
+    Predictor.load("models/runs/red", keep_colour="blue")   # another key; None: no mask
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caocrvfy.data.colour_keys import ColourKey, optional_key
 from caocrvfy.data.images import IMAGE_SUFFIXES, open_image
 from caocrvfy.errors import DataError
 from caocrvfy.inference.decoding import Constraint, Prediction, decode_outputs
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Prediction", "Predictor", "expand_inputs"]
 
 PREDICT_BATCH = 256  # images per model call
+FROM_MODEL = "model"  # keep_colour: the key the model was trained with (its config's), if any
 
 
 def jax_backend() -> bool:
@@ -49,8 +55,11 @@ def output_shape(model) -> tuple | None:
 class Predictor:
     """A loaded model with its character set and input size."""
 
-    def __init__(self, model, config: dict, path: Path | None = None):
-        """`config`: a version-2 config.json as a dict (see `caocrvfy.model_config`)."""
+    def __init__(self, model, config: dict, path: Path | None = None,
+                 keep_colour: ColourKey | str | None = FROM_MODEL):
+        """`config`: a version-2 config.json as a dict (see `caocrvfy.model_config`);
+        `keep_colour`: the colour images are masked to, as a key or its text; `FROM_MODEL` the
+        model config's; None or "none" no mask."""
         self.model = model
         self.config = config = migrate(config, str(path or "the model config"))
         self.path = path
@@ -59,6 +68,8 @@ class Predictor:
         self.head: str = self.model_config.head
         self.height, self.width, self.channels = self.model_config.input_shape
         self.ignore_case: bool = self.model_config.ignore_case
+        self.keep_colour: ColourKey | None = optional_key(
+            self.model_config.keep_colour if keep_colour == FROM_MODEL else keep_colour)
         # Every training label had this many characters: CTC reads are held to it.
         self.length: int | None = self.model_config.max_length if self.model_config.fixed_length else None
         shape = output_shape(model)
@@ -67,21 +78,26 @@ class Predictor:
                                             str(path or "the model"))
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Predictor":
+    def load(cls, path: str | Path | None = None, keep_colour: ColourKey | str | None = FROM_MODEL) -> "Predictor":
+        """The model of a run folder or file with its config.json; `keep_colour` as in `__init__`,
+        checked before the model is loaded."""
         model_path, config_path = resolve_model_path(path)
         config = read_config(config_path)
+        if keep_colour != FROM_MODEL:
+            keep_colour = optional_key(keep_colour)  # a bad colour fails before the slow part
         if model_path.suffix != ".keras":
             from caocrvfy.inference.runtimes import load_runtime
 
-            return cls(load_runtime(model_path), config, model_path)
+            return cls(load_runtime(model_path), config, model_path, keep_colour)
         from caocrvfy.model_enhanced import allow_jit_on_jax, load_saved_model
 
         model = load_saved_model(model_path)
         allow_jit_on_jax(model)  # an augmented model would otherwise predict op by op on JAX
-        return cls(model, config, model_path)
+        return cls(model, config, model_path, keep_colour)
 
     def prepare(self, image) -> np.ndarray:
-        """Decodes a path, bytes, PIL image or array to the model's uint8 input."""
+        """Decodes a path, bytes, PIL image or array to the model's uint8 input, masked to the
+        colour key if there is one; an array of the input's shape is taken as already prepared."""
         if isinstance(image, np.ndarray) and image.shape == (self.height, self.width, self.channels):
             return image.astype(np.uint8)
         if hasattr(image, "save") and not isinstance(image, (str, Path, bytes)):
@@ -89,7 +105,7 @@ class Predictor:
             image.save(buf, format="PNG")
             image = buf.getvalue()
         name = str(image) if isinstance(image, (str, Path)) else "an image"
-        return open_image(image, self.height, self.width, self.channels, name=name)
+        return open_image(image, self.height, self.width, self.channels, name=name, keep_colour=self.keep_colour)
 
     def predict_arrays(self, images: np.ndarray, batch_size: int = PREDICT_BATCH,
                        constraint: Constraint | None = None) -> list[Prediction]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from caocrvfy import focal_loss
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC
+from caocrvfy.data.colour_keys import NAMED_HUES, optional_key, parse_pair
 from caocrvfy.data.folders import LABELLED_HEIGHT
 from caocrvfy.data.varied import STYLES
 from caocrvfy.errors import DataError
@@ -56,6 +57,8 @@ class TrainConfig:
     ignore_case: bool = False
     synthetic: str = "cache"
     cache_dir: str | None = None  # None: caocrvfy.locations.cache_dir()
+    keep_colour: str | None = None  # a ColourKey's text: every image is masked to it; the model reads with it
+    colour_key: str | None = None  # "KEEP,DECOY": two-colour synthetic captchas (caocrvfy.data.colour_captchas)
     # model
     head: str = _MODEL.head
     filters: tuple[int, ...] = _MODEL.filters
@@ -136,6 +139,21 @@ def _filters(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"give whole numbers joined by commas, e.g. 16,48,64,96, not {text!r}") from exc
 
 
+def _keep_colour(text: str) -> str | None:
+    try:
+        key = optional_key(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return None if key is None else key.text
+
+
+def _colour_key(text: str) -> str:
+    try:
+        return ",".join(map(str, parse_pair(text)))
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     from caocrvfy import train as entry  # its docstring is the command's description
 
@@ -175,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "training by all cores but two, for GPUs) (default cache)")
     g.add_argument("--cache-dir", help="where synthetic captchas are cached (default $CAOCRVFY_CACHE, else data/ "
                                        "in a source checkout, else ~/.cache/caocrvfy)")
+    g.add_argument("--keep-colour", type=_keep_colour, metavar="COLOUR",
+                   help=f"read only the characters of this colour: {', '.join(NAMED_HUES)}, black, or "
+                        "#RRGGBB[:TOLERANCE]; every image (--data, --unlabelled, synthetic) is masked to black on "
+                        "white for it before training, and the model reads with it (docs/colour-keys.md) "
+                        "(default: none, every pixel)")
+    g.add_argument("--colour-key", type=_colour_key, metavar="KEEP,DECOY",
+                   help="synthetic captchas in two colours, e.g. red,blue: --length characters in KEEP, the label, "
+                        "and 1 to --length decoys in DECOY; train on them with --keep-colour KEEP, or with "
+                        "--channels 3 for a colour model (default: none)")
     g = p.add_argument_group("model")
     g.add_argument("--head", choices=HEADS, help=f"output head (default {d.head}; sigmoid is the seed's multi-label form)")
     g.add_argument("--filters", type=_filters,
@@ -311,6 +338,11 @@ def check_choices(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
         parser.error(f"--min-length {cfg.min_length} is above --length {cfg.length}: the longest label comes last")
     if cfg.charset is not None and not cfg.charset.strip():
         parser.error("--charset is empty: give characters such as 0-9a-z")
+    if cfg.colour_key and cfg.data:
+        parser.error("--colour-key draws synthetic captchas, --data reads a folder: give one of them "
+                     "(caocrvfy generate --colour-key writes a folder to train on)")
+    if cfg.colour_key and cfg.style != "captcha":
+        parser.error(f"--colour-key draws its own two-colour captchas: give it without --style {cfg.style}")
     if not cfg.data and cfg.init in (None, "none"):  # synthetic captchas: the model's input is known now
         try:
             ModelConfig(max_length=cfg.length, height=cfg.height, width=cfg.width, head=cfg.head,

@@ -13,6 +13,7 @@ import numpy as np
 from caocrvfy import locations
 from caocrvfy.data import folders, synthetic
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, encode_labels, parse_charset
+from caocrvfy.data.colour_keys import optional_key
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ModelConfig
 from caocrvfy.training.config import ALPHABET_FROM_INIT_BELOW, STREAM_MIN_CAPACITY, TrainConfig
@@ -46,28 +47,31 @@ def load_data(cfg: TrainConfig, channels: int, saved: ModelConfig | None = None,
               init_charset: str | None = None) -> TrainingData:
     """Reads or draws the run's data; `saved` (a resumed run's model) fixes the input size,
     character set and length; `init_charset`: the character set of the --init model, which a
-    small labelled set's character set is widened with (`site_alphabet`)."""
+    small labelled set's character set is widened with (`site_alphabet`). With --keep-colour
+    every image is masked to that colour as it is read or drawn; the cached files stay as drawn."""
     if cfg.data:
         return _labelled(cfg, channels, saved, init_charset)
     spec = synthetic.CaptchaSpec(parse_charset(cfg.charset or DEFAULT_CHARSET_SPEC), cfg.length, cfg.width, cfg.height,
-                                 cfg.style, cfg.min_length)
+                                 cfg.style, cfg.min_length, colour_key=cfg.colour_key)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else locations.cache_dir()
+    keep = optional_key(cfg.keep_colour)
 
     def drawn(split: str, count: int):
         if cfg.synthetic != "cache":
-            images, labels = synthetic.draw_arrays(count, spec, channels)
+            images, labels = synthetic.draw_arrays(count, spec, channels, keep_colour=keep)
             return images, encode_labels(labels, spec.charset, spec.length)
         folder = synthetic.generate(synthetic.cache_folder(cache_dir, spec, split), count, spec)
         found = folders.read_folder(folder, charset=spec.charset, length=spec.length if spec.fixed_length else None)
         chosen = folders.LabelledSet(found.root, found.paths[:count], found.labels[:count], spec.charset)
-        images, labels, _ = folders.load_images(chosen, spec.height, spec.width, channels, dedupe=False)
+        images, labels, _ = folders.load_images(chosen, spec.height, spec.width, channels, dedupe=False,
+                                                keep_colour=keep)
         return images, encode_labels(labels, spec.charset, spec.length)
 
     val = drawn("val", cfg.val_size)
     stream = train = None
     if cfg.synthetic == "stream":
         stream = synthetic.SyntheticStream(spec, channels, max(cfg.train_size, STREAM_MIN_CAPACITY), stream_workers(),
-                                           initial=cfg.train_size)
+                                           initial=cfg.train_size, keep_colour=keep)
     else:
         train = drawn("train", cfg.train_size)
     return TrainingData(train, val, spec.charset, spec.length, spec.fixed_length, spec.height, spec.width,
@@ -98,7 +102,8 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
         height, width = found.manifest["height"], found.manifest["width"]
     else:
         height, width = folders.choose_input_size(found.paths)
-    images, labels, paths = folders.load_images(found, height, width, channels)
+    keep = optional_key(cfg.keep_colour)
+    images, labels, paths = folders.load_images(found, height, width, channels, keep_colour=keep)
     found.report_skipped()
     charset = saved.charset if saved is not None else found.charset
     if saved is None and init_charset and not cfg.charset and len(labels) < ALPHABET_FROM_INIT_BELOW:
@@ -121,10 +126,11 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
     if cfg.unlabelled:
         # Every labelled file is left out, validation ones too: they must stay unseen.
         others = folders.unlabelled_set(cfg.unlabelled, exclude=found.paths + [found.root / n for n, _ in found.skipped])
-        unlabelled, _, _ = folders.load_images(others, height, width, channels)
+        unlabelled, _, _ = folders.load_images(others, height, width, channels, keep_colour=keep)
         others.report_skipped()
         log.info(f"{cfg.unlabelled}: {len(unlabelled)} unlabelled images, {len(others.skipped)} skipped")
     log.info(f"{cfg.data}: {len(paths)} images ({(~val).sum()} train, {val.sum()} validation), "
-             f"{len(found.skipped)} skipped, lengths {sorted({len(s) for s in labels})}, character set {charset!r}")
+             f"{len(found.skipped)} skipped, lengths {sorted({len(s) for s in labels})}, character set {charset!r}"
+             f"{f', only the {keep} pixels kept' if keep else ''}")
     return TrainingData((images[~val], y[~val]), (images[val], y[val]), charset, max_length, fixed, height, width,
                         int((~val).sum()), unlabelled=unlabelled)

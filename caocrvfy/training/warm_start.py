@@ -43,10 +43,15 @@ def read_init(init: str):
 
 def architecture(cfg: TrainConfig, init: ModelConfig | None) -> dict:
     """The architecture fields of the run's model: the command line's, where --init is given
-    its model's for every setting not named on the command line, so that its weights fit."""
+    its model's for every setting not named on the command line, so that its weights fit; and
+    the colour key, always this run's: it is what the training images were masked to."""
     chosen = {name: getattr(cfg, name) for name in ARCHITECTURE}
+    chosen["keep_colour"] = cfg.keep_colour
     if init is None:
         return chosen
+    if init.keep_colour and init.keep_colour != cfg.keep_colour:
+        log.warning(f"{cfg.init} reads with --keep-colour {init.keep_colour}, this run with {cfg.keep_colour or 'none'}: "
+                    "the new model reads as this run's images are masked")
     for name in ARCHITECTURE:
         theirs = getattr(init, name)
         if name in cfg.given and chosen[name] != theirs:
