@@ -22,6 +22,7 @@ captchas. The table is printed and the rows written to benchmarks/results/speed-
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def quantised_export(model: str, fmt: str, out: Path, calibration: list) -> Path
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         out.write_bytes(converter.convert())
-        export_model(model, "tflite", out.parent / "float.tflite")  # config.json beside
+        shutil.copyfile(config_path, out.parent / "config.json")  # what Predictor.load reads beside the file
         return out
     from onnxruntime.quantization import (
         CalibrationDataReader,

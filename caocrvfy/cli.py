@@ -29,10 +29,7 @@ def _generate(args) -> int:
 
     charset = charset_option(args.charset, "--charset")
     colour_key = None
-    if args.colour_key:
-        if args.arithmetic or args.style != "captcha":
-            raise DataError(f"--colour-key draws its own two-colour captchas: give it without "
-                            f"{'--arithmetic' if args.arithmetic else f'--style {args.style}'}.")
+    if args.colour_key:  # CaptchaSpec refuses it with --style varied or --arithmetic
         try:
             colour_key = ",".join(map(str, parse_pair(args.colour_key)))  # as written in the manifest: red,blue
         except DataError as exc:
@@ -48,7 +45,7 @@ def _generate(args) -> int:
             raise DataError(f"--arithmetic: {exc}") from exc
         shortest, longest = expressions.lengths
         spec = CaptchaSpec(expressions.charset, longest, args.width, args.height, style=args.style,
-                           min_length=shortest, arithmetic=expressions.text())
+                           min_length=shortest, arithmetic=expressions.text(), colour_key=colour_key)
     kind = "arithmetic" if args.arithmetic else f"captcha-{spec.length}x{len(spec.charset)}"
     if spec.colour_key:  # colour-red-blue-4x62; a #RRGGBB:TOL colour loses its # and :
         colours = "".join(c for c in spec.colour_key.replace(",", "-") if c.isalnum() or c == "-")

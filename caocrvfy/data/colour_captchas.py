@@ -15,7 +15,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from caocrvfy.data.colour_keys import parse_pair
-from caocrvfy.data.varied import _font, _glyph, _noise, font_files, place_glyphs
+from caocrvfy.data.varied import (
+    draw_noise,
+    font_files,
+    glyph_mask,
+    load_font,
+    place_glyphs,
+)
 
 BACKGROUND_LEVELS = (228, 256)  # per channel: a faint tint, too pale for any key to match
 NOISE_GREYS = (120, 211)  # grey levels of the noise: no hue, and lighter than "black" matches
@@ -41,7 +47,7 @@ def draw_keyed(label: str, decoys: str, rng: np.random.Generator, fonts: tuple[s
     glyphs = []
     for char, _ in chars:
         path = fonts[int(rng.integers(len(fonts)))] if rng.random() < OTHER_FONT_SHARE else font_path
-        glyphs.append(_glyph(char, _font(path, font_size), rng.uniform(-MAX_ANGLE, MAX_ANGLE), 0.0))
+        glyphs.append(glyph_mask(char, load_font(path, font_size), rng.uniform(-MAX_ANGLE, MAX_ANGLE), 0.0))
     for (glyph, at), (_, key) in zip(place_glyphs(glyphs, rng.uniform(*SPACING), width, height, rng), chars):
         canvas.paste(Image.new("RGB", glyph.size, key.sample(rng)), at, glyph)
 
@@ -49,7 +55,7 @@ def draw_keyed(label: str, decoys: str, rng: np.random.Generator, fonts: tuple[s
         level = int(rng.integers(*NOISE_GREYS))
         return (level, level, level)
 
-    _noise(ImageDraw.Draw(canvas), rng, width, height, grey)
+    draw_noise(ImageDraw.Draw(canvas), rng, width, height, grey)
     return canvas
 
 

@@ -66,7 +66,7 @@ def font_files(charset: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=512)
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
@@ -116,7 +116,7 @@ def _ink(rng: np.random.Generator, background_luminance: float) -> tuple[int, in
             return tuple(int(c) for c in colour)
 
 
-def _glyph(char: str, font: ImageFont.FreeTypeFont, angle: float, shear: float) -> Image.Image:
+def glyph_mask(char: str, font: ImageFont.FreeTypeFont, angle: float, shear: float) -> Image.Image:
     """The character's coverage mask ("L"), rotated and sheared, cropped to its ink."""
     left, top, right, bottom = font.getbbox(char)
     pad = max(4, (bottom - top) // 3)
@@ -131,7 +131,7 @@ def _glyph(char: str, font: ImageFont.FreeTypeFont, angle: float, shear: float) 
     return mask.crop(box) if box else mask
 
 
-def _noise(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, colour) -> None:
+def draw_noise(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int, height: int, colour) -> None:
     for _ in range(int(rng.integers(0, 5))):
         points = [(int(rng.integers(0, width)), int(rng.integers(0, height))) for _ in range(2)]
         draw.line(points, fill=colour(), width=int(rng.integers(1, 3)))
@@ -204,7 +204,7 @@ def draw_text(text: str, rng: np.random.Generator, fonts: tuple[str, ...], size:
     for char in text:
         path = font_path if one_font else fonts[int(rng.integers(len(fonts)))]
         size_jitter = font_size if rng.random() < 0.7 else max(8, int(font_size * rng.uniform(0.8, 1.15)))
-        glyphs.append(_glyph(char, _font(path, size_jitter), rng.uniform(-max_angle, max_angle), shear))
+        glyphs.append(glyph_mask(char, load_font(path, size_jitter), rng.uniform(-max_angle, max_angle), shear))
         colours.append(colour if one_colour else _ink(rng, base_luminance))
     spacing = rng.uniform(-0.25, 0.35)  # of the mean glyph width: overlap below 0
     canvas = Image.fromarray(background.astype(np.uint8), "RGB")
@@ -215,7 +215,7 @@ def draw_text(text: str, rng: np.random.Generator, fonts: tuple[str, ...], size:
     def noise_colour():
         return _ink(rng, base_luminance) if rng.random() < 0.5 else tuple(int(c) for c in rng.integers(0, 256, 3))
 
-    _noise(draw, rng, width, height, noise_colour)
+    draw_noise(draw, rng, width, height, noise_colour)
     image = np.asarray(canvas)
     if rng.random() < 0.35:
         image = _warp(image, rng)
