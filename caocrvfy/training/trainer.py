@@ -64,7 +64,8 @@ def plan_run(cfg: TrainConfig, data: TrainingData, architecture: dict, saved: Mo
         model = ModelConfig(charset=data.charset, max_length=data.max_length, fixed_length=data.fixed_length,
                             head=head, height=data.height, width=data.width, augment=augment,
                             conv_dropout=cfg.conv_dropout, head_dropout=cfg.head_dropout,
-                            ignore_case=cfg.ignore_case, **architecture).check("the training settings")
+                            ignore_case=cfg.ignore_case, keep_colour=cfg.keep_colour,
+                            **architecture).check("the training settings")
     batch_size = cfg.batch_size or (SMALL_BATCH if cfg.data is not None and data.train_images < SMALL_SET_BELOW
                                     else BATCH)
     # On TensorFlow, XLA is off (slower on a 2-core CPU); JAX without jit runs op by op.

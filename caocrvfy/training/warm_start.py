@@ -43,10 +43,9 @@ def read_init(init: str):
 
 def architecture(cfg: TrainConfig, init: ModelConfig | None) -> dict:
     """The architecture fields of the run's model: the command line's, where --init is given
-    its model's for every setting not named on the command line, so that its weights fit; and
-    the colour key, always this run's: it is what the training images were masked to."""
+    its model's for every setting not named on the command line, so that its weights fit. (The
+    colour key is not among them: it is always this run's, what its images were masked to.)"""
     chosen = {name: getattr(cfg, name) for name in ARCHITECTURE}
-    chosen["keep_colour"] = cfg.keep_colour
     if init is None:
         return chosen
     if init.keep_colour and init.keep_colour != cfg.keep_colour:
