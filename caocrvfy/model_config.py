@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caocrvfy.data.charset import both_cases
 from caocrvfy.data.colour_keys import ColourKey
 from caocrvfy.data.synthetic import CaptchaSpec
 from caocrvfy.errors import DataError
@@ -49,6 +50,10 @@ class ModelConfig:
     training. ignore_case: the labels were case-folded, so readings compare case-folded.
     keep_colour: a `ColourKey`'s text ("red", "#c81e1e:40"): the model was trained on images
     masked to that colour, so it reads them masked too (files without it read None: no mask).
+    merge_case: (ctc) the output layer has a unit for each letter in both cases
+    (`unit_charset`) and a fixed layer adds each letter's two probabilities into the charset's
+    one: labels of one case for a site that draws both, read by a model that tells the cases
+    apart (the base). Each glyph keeps the unit that reads it, in whichever case it is drawn.
     """
 
     charset: str = _CAPTCHA.charset
@@ -68,6 +73,7 @@ class ModelConfig:
     head_dropout: float = 0.4
     ignore_case: bool = False
     keep_colour: str | None = None
+    merge_case: bool = False
     legacy: dict = field(default_factory=dict, compare=False)  # removed layouts an old model was built with
 
     def __post_init__(self):
@@ -80,6 +86,11 @@ class ModelConfig:
     @property
     def num_classes(self) -> int:
         return len(self.charset)
+
+    @property
+    def unit_charset(self) -> str:
+        """The characters of the CTC output layer's units: the charset, in both cases with merge_case."""
+        return both_cases(self.charset) if self.merge_case else self.charset
 
     def check(self, source: str = "the model config") -> "ModelConfig":
         """Raises DataError naming `source` and the field when a value cannot describe a reader."""
@@ -104,6 +115,8 @@ class ModelConfig:
         for name in ("conv_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(name, "must be at least 0 and below 1")
+        if self.merge_case and self.head != "ctc":
+            bad("merge_case", "needs the ctc head")
         if self.keep_colour is not None:
             try:
                 ColourKey.parse(self.keep_colour)

@@ -1,6 +1,7 @@
 """The captcha reader: a BatchNorm/Dropout CNN over the image and one of three output heads.
 
 - `ctc`: per-column features, a BiGRU, softmax over blank + characters; reads any length.
+  With `merge_case`, a fixed `case_merge` layer after the softmax adds each letter's two cases.
 - `softmax`: one softmax per character position (categorical focal loss).
 - `sigmoid`: the seed's multi-label form, length x charset sigmoid units (BinaryFocalLoss).
 
@@ -13,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 from keras import layers
 
 from caocrvfy.model_config import HEADS, ModelConfig
+
+CASE_MERGE = "case_merge"  # the output layer's name with ModelConfig.merge_case
 
 
 def _conv_block(x, filters: int, strides=1, name: str = ""):
@@ -81,7 +85,13 @@ def build_model(config: ModelConfig | None = None, **fields) -> keras.Model:
         x = layers.Dropout(cfg.conv_dropout, name="features_dropout")(x)
         x = layers.Bidirectional(layers.GRU(cfg.rnn_units, return_sequences=True), name="bigru")(x)
         x = layers.Dropout(cfg.head_dropout, name="head_dropout")(x)
-        outputs = layers.Dense(cfg.num_classes + 1, activation="softmax", dtype="float32", name="ctc_output")(x)
+        units = cfg.unit_charset
+        outputs = layers.Dense(len(units) + 1, activation="softmax", dtype="float32", name="ctc_output")(x)
+        if cfg.merge_case:
+            merge = layers.Dense(cfg.num_classes + 1, use_bias=False, trainable=False, dtype="float32",
+                                 name=CASE_MERGE)
+            outputs = merge(outputs)
+            merge.set_weights([case_merge_kernel(units, cfg.charset)])
     else:
         # (batch, columns, features) -> (batch, positions, features) by a learned column mix.
         x = layers.Permute((2, 1), name="to_channels_first")(x)
@@ -91,6 +101,17 @@ def build_model(config: ModelConfig | None = None, **fields) -> keras.Model:
         x = layers.Dropout(cfg.head_dropout, name="head_dropout")(x)
         outputs = layers.Dense(cfg.num_classes, activation=head, dtype="float32", name=f"{head}_output")(x)
     return keras.Model(inputs, outputs, name=f"caocrvfy_{head}")
+
+
+def case_merge_kernel(units: str, charset: str) -> np.ndarray:
+    """The fixed (blank + units) x (blank + charset) 0/1 matrix that adds the probabilities of
+    each unit into the charset character it is, or the other case of."""
+    index = {c: i + 1 for i, c in enumerate(charset)}
+    kernel = np.zeros((len(units) + 1, len(charset) + 1), "float32")
+    kernel[0, 0] = 1.0
+    for i, c in enumerate(units, start=1):
+        kernel[i, index.get(c, index.get(c.swapcase(), 0))] = 1.0
+    return kernel
 
 
 def load_saved_model(path, compile: bool = False) -> keras.Model:
@@ -118,6 +139,8 @@ def load_saved_model(path, compile: bool = False) -> keras.Model:
 def model_head(model: keras.Model) -> str:
     """Which head a built or loaded model has, read from its output layer's name."""
     name = model.layers[-1].name
+    if name == CASE_MERGE:
+        return "ctc"
     for head in HEADS:
         if name == f"{head}_output":
             return head

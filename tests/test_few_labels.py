@@ -230,3 +230,62 @@ def test_a_few_labels_take_the_init_models_letters_and_digits_in_their_case(labe
     from caocrvfy.training.datasets import site_alphabet
 
     assert site_alphabet(labels, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-=?") == widened
+
+
+# ---------------------------------------------------------------- one-case labels, both cases drawn
+
+
+@pytest.mark.parametrize("labels, init, merged", [
+    (["ab12", "ba21"], "0123456789abcdefABCDEF", True),  # lower-case labels, an init that tells a from A
+    (["AB", "CA"], "ABCDabcd", True),
+    (["aB"], "ABab", False),  # labels of both cases: the cases are the site's
+    (["12", "34"], "0123456789abAB", False),  # no letters
+    (["ab"], "0123456789ab", False),  # the init reads one case only
+    (["ab"], None, False),  # from scratch
+])
+def test_one_case_labels_merge_the_init_models_two_cases(labels, init, merged):
+    from caocrvfy.training.datasets import merges_case
+
+    assert merges_case(labels, init) is merged
+
+
+SMALL = {"filters": (8, 8, 8, 8), "dense_units": 8, "rnn_units": 8, "height": 24, "width": 64, "max_length": 3}
+
+
+def test_a_merged_model_reads_each_glyph_with_the_init_unit_for_its_case_and_adds_the_two(tmp_path):
+    from caocrvfy.model_config import ModelConfig
+    from caocrvfy.model_enhanced import load_saved_model, model_head
+
+    source_config = ModelConfig(charset="01ABab", **SMALL)
+    config = ModelConfig(charset="01ab", merge_case=True, **SMALL)
+    assert config.unit_charset == "01ABab"
+    source, model = build_model(source_config), build_model(config)
+    assert model_head(model) == "ctc" and model.output_shape == (None, 8, 5)
+    assert transfer_weights(source, model, source_config.unit_charset, config.unit_charset) == \
+        sum(1 for layer in model.layers if layer.trainable_weights)
+    np.testing.assert_array_equal(model.get_layer("ctc_output").get_weights()[0],
+                                  source.get_layer("ctc_output").get_weights()[0])  # A keeps A's unit
+    images = np.random.default_rng(0).integers(0, 255, (2, 24, 64, 1), dtype=np.uint8)
+    theirs, mine = source.predict(images, verbose=0), model.predict(images, verbose=0)
+    # source units: blank 0 1 A B a b; merged: blank 0 1 a b
+    np.testing.assert_allclose(mine, np.stack([theirs[..., 0], theirs[..., 1], theirs[..., 2],
+                                               theirs[..., 3] + theirs[..., 5], theirs[..., 4] + theirs[..., 6]],
+                                              axis=-1), rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "model.keras")
+    np.testing.assert_allclose(load_saved_model(tmp_path / "model.keras").predict(images, verbose=0), mine,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="merge_case"):
+        ModelConfig(charset="01ab", merge_case=True, head="softmax", **SMALL).check()
+
+
+def test_lower_case_labels_with_a_two_case_init_train_a_merged_model(tmp_path, make_config):
+    from PIL import Image
+
+    from caocrvfy.training.datasets import load_data
+
+    for i, label in enumerate(["ab1", "ba2", "aa3", "bb4"]):
+        Image.new("L", (64, 24), 200 + i).save(tmp_path / f"{label}_{i}.png")
+    cfg = make_config(tmp_path / "run", data=str(tmp_path), charset=None, height=24)
+    data = load_data(cfg, 1, init_charset="0123456789abcdefABCDEF")
+    assert data.merge_case and data.charset == "0123456789abcdef"
+    assert not load_data(cfg, 1, init_charset="0123456789abcdef").merge_case

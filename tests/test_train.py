@@ -404,6 +404,23 @@ def test_best_model_ties_on_full_match_go_to_the_lower_validation_loss(tmp_path)
     assert load_json(tmp_path / "checkpoint" / "state.json")["best_loss"] == 0.2
 
 
+@pytest.mark.parametrize("keep_last, kept", [(False, [0, 1, 1, 1]), (True, [0, 1, 2, 3])])
+def test_a_handful_of_validation_images_keeps_the_last_epoch(tmp_path, keep_last, kept):
+    model, _, _ = tiny_regression()
+    early = cb.ResumableEarlyStopping(monitor=cb.MONITOR, mode="max", patience=5, best_model=tmp_path / "model.keras")
+    plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss")
+    checkpoints = cb.Checkpoints(tmp_path, early, plateau, keep_last=keep_last)
+    for callback in (early, plateau, checkpoints):
+        callback.set_model(model)
+        callback.on_train_begin()
+    saved = []
+    for epoch, (score, loss) in enumerate([(0.5, 0.5), (1.0, 0.1), (0.5, 0.3), (1.0, 0.2)]):
+        model.layers[-1].set_weights([w * 0 + epoch for w in model.layers[-1].get_weights()])
+        checkpoints.on_epoch_end(epoch, {cb.MONITOR: score, "val_loss": loss})
+        saved.append(float(keras.models.load_model(tmp_path / "model.keras").layers[-1].get_weights()[0].flat[0]))
+    assert saved == kept
+
+
 def test_several_workers_need_out_and_epochs(monkeypatch, make_config, tmp_path):
     from caocrvfy.errors import DataError
 

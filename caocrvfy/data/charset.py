@@ -47,3 +47,8 @@ def decode_indices(indices: np.ndarray, charset: str) -> str:
 
 def fold_case(text: str) -> str:
     return text.lower()
+
+
+def both_cases(charset: str) -> str:
+    """`charset` with the other case of each of its letters added, sorted."""
+    return "".join(sorted(set(charset) | {c.swapcase() for c in charset if c.isalpha() and len(c.swapcase()) == 1}))

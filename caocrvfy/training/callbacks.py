@@ -362,13 +362,15 @@ class Checkpoints(keras.callbacks.Callback):
 
     Best means the highest `MONITOR`; on a tie, the lower validation loss. Small validation
     sets reach 100% full-match early, and the loss still tells the later, better epochs apart.
-    `saved`: the checkpoints written by this run.
+    With `keep_last` (a handful of validation images, which tell no epochs apart) every epoch
+    replaces model.keras. `saved`: the checkpoints written by this run.
     """
 
     def __init__(self, run_dir: Path, early_stopping: ResumableEarlyStopping,
                  plateau: ResumableReduceLROnPlateau, best: float | None = None, best_loss: float | None = None,
-                 trained_seconds: float = 0.0, best_epoch: int | None = None):
+                 trained_seconds: float = 0.0, best_epoch: int | None = None, keep_last: bool = False):
         super().__init__()
+        self.keep_last = keep_last
         self.run_dir = run_dir
         self.early_stopping, self.plateau = early_stopping, plateau
         self.best, self.best_loss, self.best_epoch = best, best_loss, best_epoch
@@ -379,7 +381,7 @@ class Checkpoints(keras.callbacks.Callback):
         self.start = time.monotonic()
 
     def is_better(self, score: float, loss: float | None) -> bool:
-        if self.best is None or score > self.best:
+        if self.keep_last or self.best is None or score > self.best:
             return True
         return score == self.best and _loss_or_inf(loss) < _loss_or_inf(self.best_loss)
 

@@ -36,6 +36,7 @@ class TrainingData:
     train_images: int
     stream: synthetic.SyntheticStream | None = None
     unlabelled: np.ndarray | None = None  # uint8 images for --unlabelled
+    merge_case: bool = False  # see `merges_case`
 
 
 def stream_workers() -> int:
@@ -92,6 +93,17 @@ def site_alphabet(labels: list[str], init_charset: str) -> str:
     return "".join(sorted(seen | {c for c in init_charset if c.isalnum() and kind(c) in kinds}))
 
 
+def merges_case(labels: list[str], init_charset: str | None) -> bool:
+    """Whether the model reads each letter in both cases and adds the two (ModelConfig.merge_case):
+    when the labels' letters are all of one case (a site whose labels are case-folded, or
+    that draws one case) and the --init model tells some of them apart from the other case.
+    Its units for the other case then keep reading the glyphs drawn that way."""
+    letters = {c for c in "".join(labels) if c.isalpha()}
+    one_case = all(c.islower() for c in letters) or all(c.isupper() for c in letters)
+    return bool(init_charset and letters and one_case
+                and any(c in init_charset and c.swapcase() in init_charset for c in letters))
+
+
 def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
               init_charset: str | None = None) -> TrainingData:
     charset = parse_charset(cfg.charset) if cfg.charset else None
@@ -112,6 +124,10 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
             log.info(f"{len(labels)} labelled images may miss characters the site uses: character set "
                      f"{charset!r} widened with the --init model's to {widened!r} (--charset sets it)")
             charset = widened
+    merge = saved is None and not cfg.charset and merges_case(labels, init_charset)
+    if merge:
+        log.info("labels in one case, the start model (--init) tells the cases apart: each letter is read in "
+                 "both cases and the two added (--charset turns this off)")
     max_length = saved.max_length if saved is not None else max(len(s) for s in labels)
     fixed = len({len(s) for s in labels}) == 1
     val = np.array([folders.is_validation(p.name, cfg.val_fraction) for p in paths])
@@ -133,4 +149,4 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
              f"{len(found.skipped)} skipped, lengths {sorted({len(s) for s in labels})}, character set {charset!r}"
              f"{f', only the {keep} pixels kept' if keep else ''}")
     return TrainingData((images[~val], y[~val]), (images[val], y[val]), charset, max_length, fixed, height, width,
-                        int((~val).sum()), unlabelled=unlabelled)
+                        int((~val).sum()), unlabelled=unlabelled, merge_case=merge)

@@ -22,8 +22,8 @@ from caocrvfy.model_config import ModelConfig, load_model_config
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training import distillation
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
-                                      PLATEAU_FACTOR, SMALL_BATCH, SMALL_SET_BELOW, RunPlan, TrainConfig,
-                                      saved_config_json)
+                                      PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW, RunPlan,
+                                      TrainConfig, saved_config_json)
 from caocrvfy.training.datasets import TrainingData, load_data
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def plan_run(cfg: TrainConfig, data: TrainingData, architecture: dict, saved: Mo
                             head=head, height=data.height, width=data.width, augment=augment,
                             conv_dropout=cfg.conv_dropout, head_dropout=cfg.head_dropout,
                             ignore_case=cfg.ignore_case, keep_colour=cfg.keep_colour,
+                            merge_case=data.merge_case and head == "ctc",
                             **architecture).check("the training settings")
     batch_size = cfg.batch_size or (SMALL_BATCH if cfg.data is not None and data.train_images < SMALL_SET_BELOW
                                     else BATCH)
@@ -81,7 +82,8 @@ def plan_run(cfg: TrainConfig, data: TrainingData, architecture: dict, saved: Mo
 def early_stopping_patience(cfg: TrainConfig, data: TrainingData) -> int:
     """--patience, except for a small labelled set with --time-limit and no --patience given:
     its few validation images stop improving in full-match long before the model does, so the
-    time limit ends it (the best epoch is kept, by full-match and then validation loss)."""
+    time limit ends it (the best epoch is kept, by full-match and then validation loss, or the
+    last one under `SELECT_EPOCH_FROM` validation images)."""
     if cfg.data and cfg.time_limit and "patience" not in cfg.given and data.train_images < SMALL_SET_BELOW:
         log.info(f"{data.train_images} labelled training images and --time-limit {cfg.time_limit:g}: no early "
                  "stopping, the time limit ends the run")
@@ -108,7 +110,7 @@ def model_for_run(cfg: TrainConfig, plan: RunPlan, checkpoint: cb.Checkpoint | N
         return model, state["epoch"]
     model = build_model(plan.model)
     if init is not None:
-        copied = transfer_weights(init[0], model, init[1].charset, plan.model.charset)
+        copied = transfer_weights(init[0], model, init[1].unit_charset, plan.model.unit_charset)
         log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
     compile_model(model, cfg.learning_rate, jit_compile=plan.jit_compile,
                   steps_per_execution=plan.steps_per_execution, **loss_options(cfg))
@@ -264,8 +266,11 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     if cfg.schedule == "cosine":
         schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, cfg.epochs,
                                       plan.steps_per_epoch, budget, already=trained)]
+    keep_last = len(data.val[0]) < SELECT_EPOCH_FROM
+    if keep_last:
+        log.info(f"{len(data.val[0])} validation images cannot tell epochs apart: the last epoch is kept")
     checkpoints = cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
-                                 best_epoch=state.get("best_epoch"), trained_seconds=trained)
+                                 best_epoch=state.get("best_epoch"), trained_seconds=trained, keep_last=keep_last)
     callbacks = [
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,

@@ -73,13 +73,13 @@ def output_columns(source_charset: str, target_charset: str) -> list[int | None]
 
 def transfer_weights(source, target, source_charset: str | None = None, target_charset: str | None = None) -> int:
     """Copies weights layer by layer where names and shapes match; returns how many layers.
-    Given both character sets, a CTC output layer whose characters differ keeps the source's
+    Given both models' output-unit character sets (`ModelConfig.unit_charset`), a CTC output layer whose characters differ keeps the source's
     weights for each character the two share (see `output_columns`); the rest start new."""
     copied = 0
     by_name = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
         other = by_name.get(layer.name)
-        if other is None or not layer.weights:
+        if other is None or not layer.weights or not layer.trainable:  # fixed layers are set by build_model
             continue
         mine, theirs = layer.get_weights(), other.get_weights()
         if len(mine) == len(theirs) and all(a.shape == b.shape for a, b in zip(mine, theirs)):
