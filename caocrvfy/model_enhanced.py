@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from caocrvfy.data.charset import output_columns
 from caocrvfy.model_config import HEADS, ModelConfig
 
 CASE_MERGE = "case_merge"  # the output layer's name with ModelConfig.merge_case
@@ -106,11 +107,10 @@ def build_model(config: ModelConfig | None = None, **fields) -> keras.Model:
 def case_merge_kernel(units: str, charset: str) -> np.ndarray:
     """The fixed (blank + units) x (blank + charset) 0/1 matrix that adds the probabilities of
     each unit into the charset character it is, or the other case of."""
-    index = {c: i + 1 for i, c in enumerate(charset)}
     kernel = np.zeros((len(units) + 1, len(charset) + 1), "float32")
-    kernel[0, 0] = 1.0
-    for i, c in enumerate(units, start=1):
-        kernel[i, index.get(c, index.get(c.swapcase(), 0))] = 1.0
+    for unit, column in enumerate(output_columns(charset, units)):
+        if column is not None:
+            kernel[unit, column] = 1.0
     return kernel
 
 

@@ -52,3 +52,14 @@ def fold_case(text: str) -> str:
 def both_cases(charset: str) -> str:
     """`charset` with the other case of each of its letters added, sorted."""
     return "".join(sorted(set(charset) | {c.swapcase() for c in charset if c.isalpha() and len(c.swapcase()) == 1}))
+
+
+def output_columns(source_charset: str, target_charset: str) -> list[int | None]:
+    """For each CTC output unit of the target (blank first, then its characters), the source
+    unit that reads the same character: the same character, else the other case of it (a site
+    with case-folded labels draws both), else None."""
+    index = {c: i + 1 for i, c in enumerate(source_charset)}
+    columns: list[int | None] = [0]
+    for c in target_charset:
+        columns.append(index.get(c, index.get(c.swapcase())))
+    return columns

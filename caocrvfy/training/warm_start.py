@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from caocrvfy.data.charset import output_columns
 from caocrvfy.errors import DataError
 from caocrvfy.locations import base_model, resolve_model_path
 from caocrvfy.model_config import ARCHITECTURE, ModelConfig, load_model_config
@@ -60,21 +61,11 @@ def architecture(cfg: TrainConfig, init: ModelConfig | None) -> dict:
     return chosen
 
 
-def output_columns(source_charset: str, target_charset: str) -> list[int | None]:
-    """For each CTC output unit of the target (blank first, then its characters), the source
-    unit that reads the same character: the same character, else the other case of it (a site
-    with case-folded labels draws both), else None."""
-    index = {c: i + 1 for i, c in enumerate(source_charset)}
-    columns: list[int | None] = [0]
-    for c in target_charset:
-        columns.append(index.get(c, index.get(c.swapcase())))
-    return columns
-
-
 def transfer_weights(source, target, source_charset: str | None = None, target_charset: str | None = None) -> int:
     """Copies weights layer by layer where names and shapes match; returns how many layers.
-    Given both models' output-unit character sets (`ModelConfig.unit_charset`), a CTC output layer whose characters differ keeps the source's
-    weights for each character the two share (see `output_columns`); the rest start new."""
+    Given both models' output-unit character sets (`ModelConfig.unit_charset`), a CTC output
+    layer whose characters differ keeps the source's weights for each character the two share
+    (see `output_columns`); the rest start new."""
     copied = 0
     by_name = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
