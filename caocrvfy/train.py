@@ -26,47 +26,23 @@ if __package__ in (None, ""):  # run as a plain script path: make the package im
 
     sys.path.insert(0, str(_Path(__file__).resolve().parent.parent))
 
-import contextlib
 import logging
 import signal
 import sys
-import threading
 
 log = logging.getLogger("caocrvfy.train")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both end a training alike."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """While the block runs, SIGTERM raises Terminated in the main thread (Python runs signal
-    handlers there, between two steps of Keras's loop, as it does for Ctrl-C); the handler
-    that was there before is put back afterwards."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    before = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def main(argv: list[str] | None = None) -> int:
     from caocrvfy.errors import DataError
     from caocrvfy.training.config import config_from_args
+    from caocrvfy.training.interrupts import Terminated, signals_as_interrupts
     from caocrvfy.training.trainer import train
 
     cfg = config_from_args(argv)  # --help and bad options end here, before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupts():
             train(cfg)
     except DataError as exc:
         log.error(str(exc))

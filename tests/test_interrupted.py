@@ -26,7 +26,7 @@ import pytest
 from caocrvfy.errors import DataError
 from caocrvfy.files import write_json_atomic
 from caocrvfy.training import callbacks as cb
-from caocrvfy.training import trainer
+from caocrvfy.training import interrupts, trainer
 from caocrvfy.training.config import config_from_args
 
 STEPS = 2  # optimizer steps per epoch: 32 training captchas in batches of 16
@@ -292,6 +292,38 @@ def test_sigterm_ends_main_like_ctrl_c(monkeypatch):
         signal.signal(signal.SIGTERM, previous)
 
 
+class SignalledWhileFinalized:
+    """An object whose finalizer receives `signum`: Python runs the handler inside `__del__`,
+    prints its exception as "Exception ignored" and drops it, as in TensorFlow's and the zip
+    writer's finalizers during a save."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+        sum(range(100))  # the handler runs between these bytecodes
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("signum, interrupt", [(signal.SIGTERM, interrupts.Terminated),
+                                               (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_a_finalizer_swallowed_is_raised_at_the_next_safe_point(signum, interrupt):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # else SIGINT would end pytest
+    previous = signal.signal(signal.SIGTERM, _unhandled)
+    try:
+        with interrupts.signals_as_interrupts():
+            SignalledWhileFinalized(signum)  # made and dropped at once: its finalizer runs here
+            with pytest.raises(interrupt) as raised:
+                interrupts.raise_pending()
+            assert type(raised.value) is interrupt  # Ctrl-C is not reported as SIGTERM
+            interrupts.raise_pending()  # raised once
+        assert signal.getsignal(signal.SIGTERM) is _unhandled
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------- real processes, killed
 
 
@@ -537,3 +569,21 @@ def test_every_file_and_folder_is_flushed_to_disk_before_it_is_renamed_into_plac
             assert {str(p) for p in source.iterdir()} <= flushed, f"{path}'s files renamed unflushed"
     assert sum(kind == "replace" for kind, _ in calls) >= 4
     assert str(tmp_path) in flushed  # the renames themselves flushed in the run folder
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_lost_in_a_finalizer_while_saving_still_ends_the_training(tmp_path, make_config, monkeypatch):
+    save = cb.save_checkpoint
+
+    def save_then_signal_in_a_finalizer(model, state, run_dir):
+        save(model, state, run_dir)
+        if state["epoch"] == 1:
+            SignalledWhileFinalized(signal.SIGTERM)
+
+    monkeypatch.setattr(cb, "save_checkpoint", save_then_signal_in_a_finalizer)
+    run = tmp_path / "run"
+    with interrupts.signals_as_interrupts(), pytest.raises(interrupts.Terminated):
+        trainer.train(make_config(run, epochs=5))
+    assert assert_whole(run)["epoch"] == 1 and history_epochs(run) == [0]  # ended after epoch 1's save
+    assert (run / "metrics.json").is_file()  # the best model scored, as after any interrupt

@@ -29,6 +29,7 @@ import keras
 
 from caocrvfy.errors import DataError
 from caocrvfy.files import fsync, write_text_atomic
+from caocrvfy.training import interrupts
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,20 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     def state(self) -> dict:
         return {"wait": self.wait, "best": self.best, "cooldown_counter": self.cooldown_counter,
                 "reductions": self.reductions}
+
+
+class PendingInterrupt(keras.callbacks.Callback):
+    """Raises a Ctrl-C or SIGTERM whose first raise a finalizer dropped (training/interrupts.py)
+    before the next step and after each epoch's save: put it after Checkpoints."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        interrupts.raise_pending()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        interrupts.raise_pending()
+
+    def on_epoch_end(self, epoch, logs=None):
+        interrupts.raise_pending()
 
 
 def _loss_or_inf(loss: float | None) -> float:

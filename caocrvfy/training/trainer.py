@@ -20,7 +20,7 @@ from caocrvfy.errors import DataError
 from caocrvfy.files import write_json_atomic, write_text_atomic
 from caocrvfy.model_config import ModelConfig, load_model_config
 from caocrvfy.training import callbacks as cb
-from caocrvfy.training import distillation
+from caocrvfy.training import distillation, interrupts
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
                                       PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW, RunPlan,
                                       TrainConfig, saved_config_json)
@@ -280,13 +280,16 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         early,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
         checkpoints,
+        cb.PendingInterrupt(),  # last: a signal a finalizer swallowed ends the run after the save
     ]
     interrupted: KeyboardInterrupt | None = None
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=plan.steps_per_epoch if data.stream or pseudo else None, callbacks=callbacks, verbose=0,
                   shuffle=False)  # the pipelines shuffle
+        interrupts.raise_pending()  # one that came in the last epoch's save
     except KeyboardInterrupt as exc:
+        interrupts.clear_pending()
         if not (state or checkpoints.saved):
             raise  # nothing to keep: train() removes the folder
         interrupted = exc
@@ -317,3 +320,4 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     (run_dir / FAILED).unlink(missing_ok=True)  # left by an earlier run of this folder that failed
     if interrupted:
         raise interrupted
+    interrupts.raise_pending()  # one that came while the best model was scored: the run is whole
