@@ -30,6 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 LOAD_AT_START = os.getloadavg()[0]  # when this process imported common: before the measurement
 NOISE = re.compile(r"absl::InitializeLog|cudart_stub|cuda_platform|cuInit|computation_placer|TF-TRT")
+FALL_AFTER = 0.9  # the stability figure: the largest epoch-to-epoch fall of validation full-match after this
 
 
 # ---------------------------------------------------------------- where and what
@@ -182,13 +183,24 @@ def train_run(name: str, options: list[str], out: Path, env: dict | None = None,
     ok = proc.returncode == 0 and (out / "model.keras").exists()
     print(f"[{name}] exit {proc.returncode} after {seconds:.0f} s" + ("" if echo else f": {shlex.join(cmd)}")
           + ("" if ok else f"; training failed, see {out / 'train.log'}"), flush=True)
-    run = {}
+    run, fall = {}, None
     if ok:
         from caocrvfy.model_config import read_config
 
         run = read_config(out / "config.json")["run"]
+        with (out / "history.csv").open() as f:
+            fall = largest_fall([float(row["val_full_match"]) for row in csv.DictReader(f) if row.get("val_full_match")])
     return {"name": name, "run": str(out), "ok": ok, "seconds": seconds, "epochs": epochs, "layers_copied": copied,
-            "train_images": run.get("train_images"), "val_images": run.get("val_images")}
+            "train_images": run.get("train_images"), "val_images": run.get("val_images"), "largest_val_fall": fall}
+
+
+def largest_fall(series: list[float], above: float = FALL_AFTER) -> float | None:
+    """The largest drop between consecutive values after the first one at or above `above`
+    (None if none is): the stability figure of BENCHMARKS.md."""
+    start = next((i for i, v in enumerate(series) if v >= above), None)
+    if start is None:
+        return None
+    return max([0.0] + [a - b for a, b in zip(series[start:], series[start + 1:])])
 
 
 def score(run: Path, test_dir: Path) -> dict:

@@ -20,7 +20,7 @@ from caocrvfy.data.folders import LABELLED_HEIGHT
 from caocrvfy.data.varied import STYLES
 from caocrvfy.errors import DataError
 from caocrvfy.model_config import ARCHITECTURE, COLUMN_STRIDES, HEADS, ModelConfig, read_config
-from caocrvfy.training import distillation
+from caocrvfy.training import batch_stats, distillation
 from caocrvfy.training.compile import DEFAULT_LEARNING_RATE
 
 _MODEL = ModelConfig()
@@ -89,6 +89,7 @@ class TrainConfig:
     schedule: str = "plateau"
     patience: int = 35
     plateau_patience: int = 8
+    bn_statistics: str = "recomputed"  # see caocrvfy.training.batch_stats
     time_limit: float | None = None
     mixed_precision: bool = False
     seed: int = 0
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {d.patience})")
     g.add_argument("--plateau-patience", type=int,
                    help=f"epochs without validation-loss progress before the rate is cut (default {d.plateau_patience})")
+    g.add_argument("--bn-statistics", choices=("recomputed", "moving"),
+                   help="what BatchNorm reads with in validation and in the saved model: statistics recomputed from "
+                        "256 clean training images before each validation, or Keras's moving averages over about "
+                        f"the last 100 steps (default {d.bn_statistics})")
     g.add_argument("--time-limit", type=float,
                    help="the whole run, drawing and loading the data included, ends within this many minutes, "
                         "keeping the best model; a resumed run counts the training minutes of its earlier runs "

@@ -15,12 +15,14 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from caocrvfy import locations
 from caocrvfy.errors import DataError
 from caocrvfy.files import write_json_atomic, write_text_atomic
 from caocrvfy.model_config import ModelConfig, load_model_config
+from caocrvfy.training import batch_stats, distillation, interrupts
 from caocrvfy.training import callbacks as cb
-from caocrvfy.training import distillation, interrupts
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
                                       PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW, RunPlan,
                                       TrainConfig, saved_config_json)
@@ -121,8 +123,9 @@ def loss_options(cfg: TrainConfig) -> dict:
     return dict(loss=cfg.loss, focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Runs one training and returns the run folder.
+def train(cfg: TrainConfig, callbacks: tuple = ()) -> Path:
+    """Runs one training and returns the run folder; `callbacks`: Keras callbacks added before
+    the run's own (a benchmark's per-epoch diagnostics), given the run folder's config.json.
 
     A KeyboardInterrupt (Ctrl-C; `caocrvfy train` turns SIGTERM into one) ends the training
     after the last finished epoch: the best model is scored and kept, the checkpoint is left for
@@ -177,7 +180,7 @@ def train(cfg: TrainConfig) -> Path:
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init, started)
+            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init, started, callbacks)
         except BaseException as exc:
             if is_chief:  # a saved epoch, this run's or a resumed one's, decides the clean-up
                 after_failure(run_dir, created, cb.has_checkpoint(run_dir), exc)
@@ -211,8 +214,19 @@ def after_failure(run_dir: Path, created: bool, finished_epoch: bool, exc: BaseE
         log.warning(f"could not clean up {run_dir} after the failure: {cleanup}")
 
 
+def statistics_images(data: TrainingData, seed: int):
+    """What `PreciseBatchNorm` recomputes the statistics from: a fixed draw of the training images
+    (labelled and unlabelled alike: no label is read), or fresh ones from a synthetic stream."""
+    rng = np.random.default_rng(seed)
+    if data.stream:
+        return lambda: data.stream.sample(rng, batch_stats.STAT_IMAGES)[0]
+    images = data.train[0] if data.unlabelled is None else np.concatenate([data.train[0], data.unlabelled])
+    chosen = images[np.sort(rng.permutation(len(images))[:batch_stats.STAT_IMAGES])]
+    return lambda: chosen
+
+
 def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Checkpoint | None, run_dir: Path,
-         strategy, is_chief: bool, init, started: float) -> None:
+         strategy, is_chief: bool, init, started: float, extra_callbacks: tuple = ()) -> None:
     """The run once its folder exists: the model, fit, and the best model's scores."""
     import keras
 
@@ -271,7 +285,12 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         log.info(f"{len(data.val[0])} validation images cannot tell epochs apart: the last epoch is kept")
     checkpoints = cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
                                  best_epoch=state.get("best_epoch"), trained_seconds=trained, keep_last=keep_last)
+    # Under a distribution strategy each replica keeps its own statistics: left as trained.
+    precise = ([batch_stats.PreciseBatchNorm(statistics_images(data, cfg.seed))]
+               if cfg.bn_statistics == "recomputed" and strategy is None else [])
     callbacks = [
+        *extra_callbacks,
+        *precise,
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,
         cb.TimeLimit(budget, already=trained),
