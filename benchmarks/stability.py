@@ -105,12 +105,9 @@ def diagnostics_callback(run_dir: Path, test_dir: Path, labelled_dir: Path, mome
                 for var, value in zip(clone.trainable_variables, trainable, strict=True):
                     var.assign(value)
 
-        def recompute_bn(self, clone) -> None:
-            recompute_statistics(clone, self.bn_images)
-
         def bn_from(self, source) -> None:
             """Recomputes the statistics in `source`, then copies them into the clean clone."""
-            self.recompute_bn(source)
+            recompute_statistics(source, self.bn_images)
             for layer in self.clean.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.set_weights(source.get_layer(layer.name).get_weights())
@@ -125,7 +122,7 @@ def diagnostics_callback(run_dir: Path, test_dir: Path, labelled_dir: Path, mome
             self.load(self.clean)
             if epoch == 0:  # the clone reads as the model does before anything is recomputed
                 assert abs(self.score(self.clean_predictor) - row["raw"]) < 1e-9, "the clean clone differs"
-            self.recompute_bn(self.clean)
+            recompute_statistics(self.clean, self.bn_images)
             row["raw+bn"] = self.score(self.clean_predictor)
             self.load(self.augmented)
             self.load(self.clean)
@@ -134,7 +131,7 @@ def diagnostics_callback(run_dir: Path, test_dir: Path, labelled_dir: Path, mome
             for m, ema in self.ema.items():
                 self.load(self.clean, ema)
                 row[f"ema-{m:g}"] = self.score(self.clean_predictor)
-                self.recompute_bn(self.clean)
+                recompute_statistics(self.clean, self.bn_images)
                 row[f"ema-{m:g}+bn"] = self.score(self.clean_predictor)
             self.rows.append(row)
             print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),

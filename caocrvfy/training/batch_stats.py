@@ -61,21 +61,15 @@ def recompute_statistics(model: keras.Model, images: np.ndarray, batch_size: int
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
-    """Before each validation that follows training steps, recomputes the model's BatchNorm
-    statistics from `images()` (clean training images: no augmentation, no dropout)."""
+    """Before each validation in fit (each follows an epoch of training), recomputes the model's
+    BatchNorm statistics from `images()` (clean training images: no augmentation, no dropout)."""
 
     def __init__(self, images: Callable[[], np.ndarray]):
         super().__init__()
         self.images = images
-        self._stale = False
 
     def on_train_begin(self, logs=None):
         self._view = without_layers(self.model)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._stale = True
-
     def on_test_begin(self, logs=None):
-        if self._stale:
-            recompute_statistics(self._view, self.images())
-            self._stale = False
+        recompute_statistics(self._view, self.images())

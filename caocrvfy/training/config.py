@@ -254,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plateau-patience", type=int,
                    help=f"epochs without validation-loss progress before the rate is cut (default {d.plateau_patience})")
     g.add_argument("--bn-statistics", choices=("recomputed", "moving"),
-                   help="what BatchNorm reads with in validation and in the saved model: statistics recomputed from "
-                        "256 clean training images before each validation, or Keras's moving averages over about "
-                        f"the last 100 steps (default {d.bn_statistics})")
+                   help="what BatchNorm reads with in validation and in the saved model: statistics recomputed "
+                        f"from {batch_stats.STAT_IMAGES} clean training images before each validation, or Keras's "
+                        f"moving averages over about the last 100 steps (default {d.bn_statistics})")
     g.add_argument("--time-limit", type=float,
                    help="the whole run, drawing and loading the data included, ends within this many minutes, "
                         "keeping the best model; a resumed run counts the training minutes of its earlier runs "

@@ -124,8 +124,8 @@ def loss_options(cfg: TrainConfig) -> dict:
 
 
 def train(cfg: TrainConfig, callbacks: tuple = ()) -> Path:
-    """Runs one training and returns the run folder; `callbacks`: Keras callbacks added before
-    the run's own (a benchmark's per-epoch diagnostics), given the run folder's config.json.
+    """Runs one training and returns the run folder; `callbacks`: Keras callbacks put before the
+    run's own (a benchmark's per-epoch diagnostics; config.json is written before fit starts).
 
     A KeyboardInterrupt (Ctrl-C; `caocrvfy train` turns SIGTERM into one) ends the training
     after the last finished epoch: the best model is scored and kept, the checkpoint is left for
