@@ -160,6 +160,7 @@ def test_training_with_unlabelled_images_logs_pseudo_labels(labelled_and_unlabel
     with (run / "history.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and "pseudo_labels" in rows[0] and "pseudo_threshold" in rows[0]
+    assert "val_greedy_full_match" in rows[0]  # fixed-length CTC: validation read as predict reads
     assert all(float(row["pseudo_threshold"]) >= MIN_CONFIDENCE for row in rows)
 
 
@@ -198,6 +199,7 @@ def test_predict_writes_a_labels_csv_most_doubtful_first(tmp_path, trained_run, 
 def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
     from caocrvfy.model_config import ModelConfig
     from caocrvfy.training.pseudo_labels import PseudoLabels
+    from caocrvfy.training.validation import PredictedValidation
 
     config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
 
@@ -213,7 +215,8 @@ def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
 
     images = np.zeros((3, 8, 32, 1), np.uint8)
     pool = LabelPool(images, np.array([[2, 3]] * 3, np.int32))
-    callback = PseudoLabels(pool, images, (images, np.array([[2, 3]] * 3, np.int32)), config)
+    callback = PseudoLabels(pool, images, PredictedValidation((images, np.array([[2, 3]] * 3, np.int32)), config),
+                            config)
     callback.set_model(Reads())
     logs = {}
     callback.on_epoch_end(0, logs)

@@ -44,6 +44,12 @@ def char_accuracy(records: Sequence[Record]) -> float:
     return _ratio(right, sum(len(t) for t, _, _ in records))
 
 
+def char_precision(records: Sequence[Record]) -> float:
+    """Share of the characters read that are right at their position."""
+    right = sum(sum(a == b for a, b in zip(t, p)) for t, p, _ in records)
+    return _ratio(right, sum(len(p) for _, p, _ in records))
+
+
 def accuracy_by_position(records: Sequence[Record]) -> list[dict]:
     """Per position (1-based) of the truth: share read right, over the strings that long."""
     longest = max((len(t) for t, _, _ in records), default=0)

@@ -18,9 +18,9 @@ import time
 import keras
 import numpy as np
 
-from caocrvfy.data.charset import decode_indices, encode_labels
-from caocrvfy.inference.decoding import decode_outputs
+from caocrvfy.data.charset import encode_labels
 from caocrvfy.model_config import ModelConfig
+from caocrvfy.training.validation import PredictedValidation, read_images
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +66,24 @@ class PseudoLabels(keras.callbacks.Callback):
     """Refreshes the pool's pseudo-labels after an epoch, when the last refresh took at most
     `REFRESH_SHARE` of the time since; logs `pseudo_labels` and `pseudo_threshold`."""
 
-    def __init__(self, pool: LabelPool, unlabelled: np.ndarray, val: tuple[np.ndarray, np.ndarray],
-                 config: ModelConfig, batch_size: int = 256):
+    def __init__(self, pool: LabelPool, unlabelled: np.ndarray, validation: PredictedValidation,
+                 config: ModelConfig):
         super().__init__()
-        self.pool, self.unlabelled, self.config, self.batch_size = pool, unlabelled, config, batch_size
-        self.val_images = val[0]
-        self.val_texts = [decode_indices(row, config.charset) for row in val[1]]
+        self.pool, self.unlabelled, self.validation, self.config = pool, unlabelled, validation, config
         self._since, self._last_cost = time.monotonic(), 0.0  # the end of the last refresh, and its cost
         self.count, self.level = 0, 1.0
 
-    def _read(self, images: np.ndarray):
-        c = self.config
-        outputs = self.model.predict(images, batch_size=self.batch_size, verbose=0)
-        return decode_outputs(outputs, c.head, c.charset, c.max_length if c.fixed_length else None)
+    def set_model(self, model):
+        super().set_model(model)
+        self.validation.set_model(model)  # when it is not among fit's callbacks itself
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
         if self._last_cost <= REFRESH_SHARE * (now - self._since):
-            read = self._read(self.val_images)
-            correct = np.array([p.text == truth for p, truth in zip(read, self.val_texts)])
+            read = self.validation.readings()
+            correct = np.array([p.text == truth for p, truth in zip(read, self.validation.truths)])
             self.level = threshold(np.array([p.confidence for p in read]), correct)
-            readings = self._read(self.unlabelled)
+            readings = read_images(self.model, self.unlabelled, self.config)
             longest = self.config.max_length  # a longer reading is wrong and has no room in the labels
             keep = np.array([p.confidence >= self.level and 0 < len(p.text) <= longest for p in readings])
             texts = [p.text for p, k in zip(readings, keep) if k]

@@ -21,7 +21,7 @@ from caocrvfy import locations
 from caocrvfy.errors import DataError
 from caocrvfy.files import write_json_atomic, write_text_atomic
 from caocrvfy.model_config import ModelConfig, load_model_config
-from caocrvfy.training import batch_stats, distillation, interrupts
+from caocrvfy.training import batch_stats, distillation, interrupts, validation
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
                                       PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW, RunPlan,
@@ -256,12 +256,15 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
 
     head, classes = plan.model.head, plan.model.num_classes
     pseudo = None
+    # Under a distribution strategy the compiled (greedy) figures are kept: no predict in fit.
+    predicted = validation.PredictedValidation(data.val, plan.model) if strategy is None else None
     if data.stream:
         data.stream.wait_ready()
         train_ds = StreamBatches(data.stream, head, classes, plan.batch_size, plan.steps_per_epoch)
     elif data.unlabelled is not None:
         pool = LabelPool(*data.train)
-        pseudo = PseudoLabels(pool, data.unlabelled, data.val, plan.model)
+        pseudo = PseudoLabels(pool, data.unlabelled, predicted or validation.PredictedValidation(data.val, plan.model),
+                              plan.model)
         train_ds = StreamBatches(pool, head, classes, plan.batch_size, plan.steps_per_epoch)
     else:
         train_ds = make_dataset(*data.train, head, classes, plan.batch_size, shuffle=True, seed=cfg.seed)
@@ -291,6 +294,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     callbacks = [
         *extra_callbacks,
         *precise,
+        *([predicted] if predicted else []),
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,
         cb.TimeLimit(budget, already=trained),
@@ -330,8 +334,10 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     best = keras.models.load_model(run_dir / "model.keras", compile=False)
     cb.save_model_atomic(best, run_dir / "model.keras")
     compile_model(best, cfg.learning_rate, jit_compile=plan.jit_compile, **loss_options(cfg))
-    scores = best.evaluate(val_ds, verbose=0, return_dict=True)
-    metrics = {k: float(v) for k, v in scores.items()} | {"count": int(len(data.val[0])), "set": "validation"}
+    scores = {k: float(v) for k, v in best.evaluate(val_ds, verbose=0, return_dict=True).items()}
+    if validation.reads_differently(plan.model):  # as predict reads
+        scores |= validation.predicted_scores(best, data.val, plan.model)
+    metrics = scores | {"count": int(len(data.val[0])), "set": "validation"}
     write_json_atomic(metrics, run_dir / "metrics.json")
     log.info(f"best model: validation full-match {metrics.get('full_match', float('nan')):.4f}, "
              f"char accuracy {metrics.get('char_accuracy', float('nan')):.4f} on {metrics['count']} images "
