@@ -532,3 +532,34 @@ def test_start_focal_training_clears_then_trains_with_the_same_arguments(monkeyp
     module.main(["--time-limit", "20"])
     assert calls == [[sys.executable, str(REPO / "caocrvfy" / "train.py"), "--time-limit", "20"]]
     assert "removed 4 __pycache__ folder(s)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- native lines of the first step
+
+
+NATIVE = "E0000 00:00:1796328681.996806 2535 util.cc:131] oneDNN supports DT_BOOL only on platforms with AVX-512."
+
+
+def test_the_first_steps_native_lines_are_caught_and_python_lines_pass_on(capfd, monkeypatch):
+    from caocrvfy.startup import CAUGHT
+
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)  # on file descriptor 2, which capfd reads
+    first = cb.FirstStepLines()
+    with first:
+        first.on_train_batch_begin(0)
+        os.write(2, f"{NATIVE}\n12:00:00 a line of the run's own\n".encode())
+        first.on_train_batch_end(0)
+        os.write(2, b"after the first step\n")
+    err = capfd.readouterr().err
+    assert "a line of the run's own" in err and "after the first step" in err
+    assert "DT_BOOL" not in err and CAUGHT[-1] == NATIVE
+
+
+def test_a_failure_in_the_first_step_shows_what_was_caught(capfd, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+    first = cb.FirstStepLines()
+    with pytest.raises(ValueError), first:
+        first.on_train_batch_begin(0)
+        os.write(2, f"{NATIVE}\n".encode())
+        raise ValueError("the step failed")
+    assert "DT_BOOL" in capfd.readouterr().err

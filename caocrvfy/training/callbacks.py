@@ -15,6 +15,7 @@ history.csv rows logged after the checkpoint are dropped on resume (`trim_histor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ import keras
 
 from caocrvfy.errors import DataError
 from caocrvfy.files import fsync, write_text_atomic
+from caocrvfy.startup import captured_native_stderr
 from caocrvfy.training import interrupts
 
 log = logging.getLogger(__name__)
@@ -349,6 +351,28 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     def state(self) -> dict:
         return {"wait": self.wait, "best": self.best, "cooldown_counter": self.cooldown_counter,
                 "reductions": self.reductions}
+
+
+class FirstStepLines(keras.callbacks.Callback, contextlib.AbstractContextManager):
+    """Catches TensorFlow's native lines during the first training step, when the graph first
+    runs (caocrvfy.startup; lines of Python's own logging pass on). Also a context manager to
+    put around `fit`: a failure in that step replays what was caught."""
+
+    def __init__(self):
+        super().__init__()
+        self._catching = contextlib.ExitStack()
+        self._started = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._started:
+            self._started = True
+            self._catching.enter_context(captured_native_stderr(pass_on=True))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._catching.close()
+
+    def __exit__(self, *exc_info):
+        return self._catching.__exit__(*exc_info)
 
 
 class PendingInterrupt(keras.callbacks.Callback):

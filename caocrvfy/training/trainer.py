@@ -307,9 +307,10 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     ]
     interrupted: KeyboardInterrupt | None = None
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=plan.steps_per_epoch if data.stream or pseudo else None, callbacks=callbacks, verbose=0,
-                  shuffle=False)  # the pipelines shuffle
+        with cb.FirstStepLines() as first_step:
+            model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=plan.steps_per_epoch if data.stream or pseudo else None,
+                      callbacks=[first_step, *callbacks], verbose=0, shuffle=False)  # the pipelines shuffle
         interrupts.raise_pending()  # one that came in the last epoch's save
     except KeyboardInterrupt as exc:
         interrupts.clear_pending()
