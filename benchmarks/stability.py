@@ -8,8 +8,10 @@ learning-curve split of `benchmarks/learning_curve.py`), run in this process wit
 callback. After every epoch the model being trained reads the test fifth (case-folded) in
 several ways, side by side:
 - raw: the model as it is, read as `caocrvfy predict` reads (a fixed-length model's CTC reads
-  held to its length); raw-greedy: read greedily, with no length held, as the validation
-  metric reads; val-read and val-greedy: the same two on the run's validation images;
+  held to its length); raw-greedy: read greedily, with no length held, as Keras's compiled
+  metric reads; val-read and val-greedy: the same two on the run's validation images (the
+  run's early stopping follows val-read, `caocrvfy.training.validation`; the val_full_match
+  column is the compiled metric's, as this callback sees it before the run's own);
 - raw+bn: the same weights with every BatchNorm layer's moving mean and variance recomputed
   from `--bn-images` clean labelled images (no augmentation, no dropout; the cumulative average
   over batches of 64, as `torch.optim.swa_utils.update_bn` does): if the falls vanish here,
