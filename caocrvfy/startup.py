@@ -65,4 +65,3 @@ def list_devices_quietly() -> list[str]:
 
     with captured_native_stderr():
         return keras.distribution.list_devices()
-

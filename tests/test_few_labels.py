@@ -215,9 +215,10 @@ def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
 
     images = np.zeros((3, 8, 32, 1), np.uint8)
     pool = LabelPool(images, np.array([[2, 3]] * 3, np.int32))
-    callback = PseudoLabels(pool, images, PredictedValidation((images, np.array([[2, 3]] * 3, np.int32)), config),
-                            config)
-    callback.set_model(Reads())
+    validation = PredictedValidation((images, np.array([[2, 3]] * 3, np.int32)), config)
+    callback = PseudoLabels(pool, images, validation, config)
+    for each in (validation, callback):  # as fit sets the model of every callback
+        each.set_model(Reads())
     logs = {}
     callback.on_epoch_end(0, logs)
     assert logs["pseudo_labels"] == 0 and len(pool.pseudo_images) == 0

@@ -38,16 +38,18 @@ def case_folded_full_match(records: Sequence[Record]) -> float:
     return _ratio(sum(fold_case(t) == fold_case(p) for t, p, _ in records), len(records))
 
 
+def _right_at_position(records: Sequence[Record]) -> int:
+    return sum(sum(a == b for a, b in zip(t, p)) for t, p, _ in records)
+
+
 def char_accuracy(records: Sequence[Record]) -> float:
     """Share of true characters read right at their position (as `evaluate_folder`)."""
-    right = sum(sum(a == b for a, b in zip(t, p)) for t, p, _ in records)
-    return _ratio(right, sum(len(t) for t, _, _ in records))
+    return _ratio(_right_at_position(records), sum(len(t) for t, _, _ in records))
 
 
 def char_precision(records: Sequence[Record]) -> float:
     """Share of the characters read that are right at their position."""
-    right = sum(sum(a == b for a, b in zip(t, p)) for t, p, _ in records)
-    return _ratio(right, sum(len(p) for _, p, _ in records))
+    return _ratio(_right_at_position(records), sum(len(p) for _, p, _ in records))
 
 
 def accuracy_by_position(records: Sequence[Record]) -> list[dict]:

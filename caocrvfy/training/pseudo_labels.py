@@ -64,7 +64,8 @@ class LabelPool:
 
 class PseudoLabels(keras.callbacks.Callback):
     """Refreshes the pool's pseudo-labels after an epoch, when the last refresh took at most
-    `REFRESH_SHARE` of the time since; logs `pseudo_labels` and `pseudo_threshold`."""
+    `REFRESH_SHARE` of the time since; logs `pseudo_labels` and `pseudo_threshold`. `validation`
+    reads the validation images: put it among fit's callbacks, before this one."""
 
     def __init__(self, pool: LabelPool, unlabelled: np.ndarray, validation: PredictedValidation,
                  config: ModelConfig):
@@ -72,10 +73,6 @@ class PseudoLabels(keras.callbacks.Callback):
         self.pool, self.unlabelled, self.validation, self.config = pool, unlabelled, validation, config
         self._since, self._last_cost = time.monotonic(), 0.0  # the end of the last refresh, and its cost
         self.count, self.level = 0, 1.0
-
-    def set_model(self, model):
-        super().set_model(model)
-        self.validation.set_model(model)  # when it is not among fit's callbacks itself
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()

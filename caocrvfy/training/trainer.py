@@ -257,14 +257,13 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     head, classes = plan.model.head, plan.model.num_classes
     pseudo = None
     # Under a distribution strategy the compiled (greedy) figures are kept: no predict in fit.
-    predicted = validation.PredictedValidation(data.val, plan.model) if strategy is None else None
+    predicted = validation.PredictedValidation(data.val, plan.model, replace_logs=strategy is None)
     if data.stream:
         data.stream.wait_ready()
         train_ds = StreamBatches(data.stream, head, classes, plan.batch_size, plan.steps_per_epoch)
     elif data.unlabelled is not None:
         pool = LabelPool(*data.train)
-        pseudo = PseudoLabels(pool, data.unlabelled, predicted or validation.PredictedValidation(data.val, plan.model),
-                              plan.model)
+        pseudo = PseudoLabels(pool, data.unlabelled, predicted, plan.model)
         train_ds = StreamBatches(pool, head, classes, plan.batch_size, plan.steps_per_epoch)
     else:
         train_ds = make_dataset(*data.train, head, classes, plan.batch_size, shuffle=True, seed=cfg.seed)
@@ -294,7 +293,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     callbacks = [
         *extra_callbacks,
         *precise,
-        *([predicted] if predicted else []),
+        predicted,
         cb.LinearWarmup(cfg.learning_rate, warmup_steps),
         *schedule,
         cb.TimeLimit(budget, already=trained),

@@ -60,11 +60,12 @@ class PredictedValidation(keras.callbacks.Callback):
     `val_*` figures in the logs (for early stopping, the best model, history.csv), the greedy
     full-match kept as `val_greedy_full_match`; other heads' figures already agree. `readings()`
     gives this epoch's readings (read once, for `PseudoLabels` too). Put it before the callbacks
-    that read the logs."""
+    that read the logs; `replace_logs=False` leaves them as they are."""
 
-    def __init__(self, val: tuple[np.ndarray, np.ndarray], config: ModelConfig):
+    def __init__(self, val: tuple[np.ndarray, np.ndarray], config: ModelConfig, replace_logs: bool = True):
         super().__init__()
         self.images, self.config = val[0], config
+        self.replace_logs = replace_logs and reads_differently(config)
         self.truths = truths_of(val[1], config)
         self._read: list[Prediction] | None = None
 
@@ -77,7 +78,7 @@ class PredictedValidation(keras.callbacks.Callback):
         self._read = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or not reads_differently(self.config):
+        if logs is None or not self.replace_logs:
             return
         figures = reading_scores(self.truths, self.readings())
         if "val_full_match" in logs:
