@@ -232,6 +232,27 @@ def test_trim_history_keeps_the_checkpoints_epochs(tmp_path):
     assert path.read_text() == "epoch,loss\n0,3.0\n1,2.0\n"
 
 
+def test_history_keeps_its_columns_named_when_a_resumed_run_logs_other_values(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\r\n0,3.0,3.5\r\n1,2.0,2.5\r\n")  # as Keras wrote it
+    logger = cb.HistoryLogger(str(path), append=True)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 1.0, "val_greedy": 0.5, "val_loss": 1.5})
+    logger.on_epoch_end(3, {"loss": 0.5, "val_greedy": 0.75, "val_loss": 1.0})
+    logger.on_train_end()
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["loss"] for r in rows] == ["3.0", "2.0", "1.0", "0.5"]
+    assert [r["val_loss"] for r in rows] == ["3.5", "2.5", "1.5", "1.0"]
+    assert [r["val_greedy"] for r in rows] == ["", "", "0.5", "0.75"]
+    logger = cb.HistoryLogger(str(path), append=True)  # the same values again: appended as they are
+    logger.on_train_begin()
+    logger.on_epoch_end(4, {"loss": 0.25, "val_greedy": 1.0, "val_loss": 0.5})
+    logger.on_train_end()
+    assert path.read_text().splitlines()[0] == "epoch,loss,val_greedy,val_loss"
+    assert path.read_text().splitlines()[-1] == "4,0.25,1.0,0.5"
+
+
 def test_repair_best_copies_the_checkpoint_when_it_is_the_best_epoch(tmp_path):
     cb.save_checkpoint(marked_model(2), {"epoch": 2, "best_epoch": 2}, tmp_path)
     cb.save_model_atomic(marked_model(1), tmp_path / "model.keras")  # killed before epoch 2's best was written

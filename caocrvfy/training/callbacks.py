@@ -2,11 +2,11 @@
 
 The models, state and JSON files are written under a temporary name, flushed to disk (fsync)
 and renamed, so a run killed at any moment (SIGKILL included) never leaves one half-written
-under its final name (history.csv is Keras's CSVLogger's, appended; `trim_history` mends it).
-The checkpoint for --resume is one folder, `checkpoint/`, holding `last.keras` (the model with
-its optimizer) and `state.json` (what the callbacks need to carry on, with the epoch and the
-size and SHA-256 of the `last.keras` it belongs to). It is written whole as
-`checkpoint.partial/` and swapped in by two renames (the old one to `checkpoint.old/`, the new
+under its final name (history.csv is appended by Keras's CSVLogger, `HistoryLogger`;
+`trim_history` mends it). The checkpoint for --resume is one folder, `checkpoint/`, holding
+`last.keras` (the model with its optimizer) and `state.json` (what the callbacks need to carry
+on, with the epoch and the size and SHA-256 of the `last.keras` it belongs to). It is written
+whole as `checkpoint.partial/` and swapped in by two renames (the old one to `checkpoint.old/`, the new
 one into place), so the run folder always holds one whole checkpoint: `checkpoint/`, or after a
 kill between the renames `checkpoint.old/` (`find_checkpoint`). The best model, `model.keras`,
 is written after the checkpoint that names its epoch, so a resume can redo it (`repair_best`);
@@ -16,8 +16,10 @@ history.csv rows logged after the checkpoint are dropped on resume (`trim_histor
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -168,6 +170,37 @@ def trim_history(path: Path, epochs: int) -> None:
                         if line.endswith("\n") and epoch.isdigit() and int(epoch) < epochs]
     if kept != lines:
         write_text_atomic("".join(kept), path)
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger, appending on --resume, that keeps history.csv's columns named: when a
+    resumed run logs other values than the run it continues (a newer caocrvfy, other options),
+    the file is rewritten once under the header of both, each earlier value kept under its
+    name and an empty cell where a run did not log it. Keras's own keeps the first header and
+    writes the new rows under it, one column shifted from where the header says."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and self.append and not self.append_header:
+            self._merge_header(sorted((logs or {}).keys()))
+        super().on_epoch_end(epoch, logs)
+
+    def _merge_header(self, keys: list[str]) -> None:
+        path = Path(self.filename)
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh, delimiter=self.sep)
+            rows, header = list(reader), reader.fieldnames or []
+        if not header or header == ["epoch", *keys]:
+            return
+        names = sorted((set(header) | set(keys)) - {"epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, ["epoch", *names], restval="", extrasaction="ignore",
+                                delimiter=self.sep)  # Keras's dialect
+        writer.writeheader()
+        writer.writerows(rows)
+        self.csv_file.close()
+        write_text_atomic(out.getvalue(), path)
+        self.csv_file = path.open("a")
+        self.keys = names
 
 
 def settle(run_dir: Path) -> Checkpoint | None:

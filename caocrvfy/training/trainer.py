@@ -300,7 +300,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         *([pseudo] if pseudo else []),
         cb.EpochLog(cfg.epochs),
         early,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(state)),
+        cb.HistoryLogger(str(run_dir / "history.csv"), append=bool(state)),
         checkpoints,
         cb.PendingInterrupt(),  # last: a signal a finalizer swallowed ends the run after the save
     ]
