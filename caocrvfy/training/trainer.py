@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, callbacks: tuple = ()) -> Path:
         created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init, started, callbacks)
+            with interrupts.unmasked():  # an error a signal caused is the signal's interrupt
+                _run(cfg, plan, data, checkpoint, run_dir, strategy, is_chief, init, started, callbacks)
         except BaseException as exc:
             if is_chief:  # a saved epoch, this run's or a resumed one's, decides the clean-up
                 after_failure(run_dir, created, cb.has_checkpoint(run_dir), exc)
@@ -306,7 +307,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     ]
     interrupted: KeyboardInterrupt | None = None
     try:
-        with cb.FirstStepLines() as first_step:
+        with interrupts.unmasked(), cb.FirstStepLines() as first_step:
             model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=plan.steps_per_epoch if data.stream or pseudo else None,
                       callbacks=[first_step, *callbacks], verbose=0, shuffle=False)  # the pipelines shuffle
