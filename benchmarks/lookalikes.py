@@ -79,7 +79,9 @@ def font_pairs(charset: str = parse_charset(DEFAULT_CHARSET_SPEC)) -> list[dict]
 def merged_readings(model: str, folder: str) -> dict:
     from caocrvfy.evaluation.labelled import read_labelled_folder
     from caocrvfy.inference import Predictor
+    from caocrvfy.startup import list_devices_quietly
 
+    list_devices_quietly()  # TensorFlow's look for a GPU, with its complaint that there is none caught
     records, _, skipped = read_labelled_folder(Predictor.load(model), folder)
     result = {"model": model, "data": folder, "count": len(records), "skipped": len(skipped),
               "exact": sum(t == r for t, r, _ in records) / len(records)}
