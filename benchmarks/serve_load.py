@@ -52,7 +52,7 @@ def load_images(folder: Path, count: int) -> list[tuple[str, bytes]]:
 
 async def level(url: str, images: list[tuple[str, bytes]], clients: int, requests: int, batch: int,
                 time_cap: float) -> dict:
-    import httpx
+    import httpx2
 
     latencies: list[float] = []
     timings: list[dict] = []
@@ -61,7 +61,7 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
     next_request = 0
     start = time.perf_counter()
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: httpx2.AsyncClient) -> None:
         nonlocal next_request, right, read
         while next_request < requests and time.perf_counter() - start < time_cap:
             i = next_request
@@ -71,7 +71,7 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
             sent = time.perf_counter()
             try:
                 response = await http.post(f"{url}/predict", files=files)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
                 continue
             latencies.append(time.perf_counter() - sent)
@@ -83,8 +83,8 @@ async def level(url: str, images: list[tuple[str, bytes]], clients: int, request
                 read += 1
                 right += "_" in name and p["text"] == name.split("_")[0]
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx2.AsyncClient(timeout=60, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
@@ -135,7 +135,7 @@ def start_server(model: str, extra: list[str]):
     """`caocrvfy serve` on a free loopback port; returns (process, url) once /healthz answers."""
     import subprocess
 
-    import httpx
+    import httpx2
 
     port = free_port()
     cmd = [sys.executable, "-m", "caocrvfy", "serve", "--model", model, "--port", str(port),
@@ -146,9 +146,9 @@ def start_server(model: str, extra: list[str]):
         if proc.poll() is not None:
             raise SystemExit(f"{' '.join(cmd)} exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return proc, url
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass
         time.sleep(0.2)
     proc.kill()

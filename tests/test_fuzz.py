@@ -127,14 +127,10 @@ NAMED = {200, 400, 401, 408, 413, 415}
 
 @pytest.fixture(scope="module")
 def client(reader):
-    import warnings
+    from fastapi.testclient import TestClient
 
     from caocrvfy.serving.app import create_app
     from caocrvfy.serving.requests import Limits
-
-    with warnings.catch_warnings():  # Starlette prefers httpx2 for its TestClient and warns about httpx
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
     with TestClient(create_app(reader, Limits(max_body_bytes=200_000, max_images=8), warmup=False)) as c:
         yield c
 

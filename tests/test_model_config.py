@@ -37,8 +37,8 @@ def test_migrated_shipped_config_rebuilds_the_same_layers():
     folder = REPO / "models" / "captcha-6x62-small"
     saved = keras.models.load_model(folder / "model.keras", compile=False)
     rebuilt = build_model(load_model_config(folder / "config.json"))
-    assert [(l.name, [w.shape for w in l.weights]) for l in rebuilt.layers] == \
-        [(l.name, [w.shape for w in l.weights]) for l in saved.layers]
+    assert [(layer.name, [w.shape for w in layer.weights]) for layer in rebuilt.layers] == \
+        [(layer.name, [w.shape for w in layer.weights]) for layer in saved.layers]
 
 
 def test_version_1_without_a_setting_falls_back_to_its_default():

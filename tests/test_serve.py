@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 import zlib
 from pathlib import Path
 
@@ -21,14 +20,11 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("httpx2")
 pytest.importorskip("multipart")
 
-import httpx  # noqa: E402
-
-with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClient and warns about httpx
-    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient` is deprecated")
-    from fastapi.testclient import TestClient  # noqa: E402
+import httpx2  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
 
 from caocrvfy.errors import DataError  # noqa: E402
 from caocrvfy.model_enhanced import build_model  # noqa: E402
@@ -399,18 +395,18 @@ def test_caocrvfy_serve_runs_uvicorn(run, pngs, tmp_path):
         while True:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             assert time.monotonic() < deadline, "the server did not answer /healthz in time"
             time.sleep(0.5)
-        response = httpx.post(f"{base}/predict", files=files(pngs[0]), headers=key, timeout=30)
+        response = httpx2.post(f"{base}/predict", files=files(pngs[0]), headers=key, timeout=30)
         assert response.status_code == 200
         assert len(response.json()["predictions"][0]["text"]) == 3
-        assert httpx.post(f"{base}/predict", files=files(*pngs[:3]), headers=key, timeout=30).status_code == 413
-        assert httpx.get(f"{base}/model", headers=key, timeout=10).json()["limits"]["max_images"] == 2
-        assert httpx.get(f"{base}/model", timeout=10).status_code == 401
+        assert httpx2.post(f"{base}/predict", files=files(*pngs[:3]), headers=key, timeout=30).status_code == 413
+        assert httpx2.get(f"{base}/model", headers=key, timeout=10).json()["limits"]["max_images"] == 2
+        assert httpx2.get(f"{base}/model", timeout=10).status_code == 401
         with socket.create_connection(("127.0.0.1", port), timeout=10) as half:  # --header-timeout 1
             half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             assert half.recv(100) == b""

@@ -113,7 +113,7 @@ def model_for_run(cfg: TrainConfig, plan: RunPlan, checkpoint: cb.Checkpoint | N
     model = build_model(plan.model)
     if init is not None:
         copied = transfer_weights(init[0], model, init[1].unit_charset, plan.model.unit_charset)
-        log.info(f"initialised {copied} of {sum(1 for l in model.layers if l.weights)} layers from {cfg.init}")
+        log.info(f"initialised {copied} of {sum(1 for layer in model.layers if layer.weights)} layers from {cfg.init}")
     compile_model(model, cfg.learning_rate, jit_compile=plan.jit_compile,
                   steps_per_execution=plan.steps_per_execution, **loss_options(cfg))
     return model, 0
