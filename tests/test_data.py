@@ -272,3 +272,19 @@ def test_open_image_reads_bytes_and_first_frame(tmp_path):
     image = open_image(buf.getvalue(), 10, 20, 1)
     assert image.shape == (10, 20, 1) and image.dtype == np.uint8
     assert image.max() < 128  # the first frame (dark), not the second
+
+
+def test_a_size_named_for_a_labelled_folder_wins_over_the_images_aspect(tmp_path):
+    from caocrvfy.training.config import config_from_args
+    from caocrvfy.training.datasets import load_data
+
+    for i, label in enumerate(["12", "34", "56", "78"]):
+        save(tmp_path / f"{label}_{i}.png", (90, 30), color=(10 * i, 20, 30))  # not duplicates
+    common = ["--data", str(tmp_path), "--init", "none", "--charset", "0-9"]
+    sizes = {}
+    for named in ([], ["--height", "32"], ["--width", "120", "--height", "40"]):
+        data = load_data(config_from_args(common + named), channels=1)
+        sizes[tuple(named)] = (data.height, data.width, data.train[0].shape[1:3])
+    assert sizes[()] == (64, 192, (64, 192))  # ratio 3 at the labelled height
+    assert sizes[("--height", "32")] == (32, 96, (32, 96))  # the width follows the aspect at that height
+    assert sizes[("--width", "120", "--height", "40")] == (40, 120, (40, 120))  # each image resized to it

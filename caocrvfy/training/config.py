@@ -180,10 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic captchas: captcha (the captcha library) or varied (many fonts, colours, sizes, "
                         "noise and warps, resized to --width x --height: the base reader's pretraining) "
                         f"(default {d.style})")
-    g.add_argument("--width", type=int, help=f"synthetic image width (default {d.width})")
+    g.add_argument("--width", type=int,
+                   help=f"image width (default {d.width}; for --data: from the images' aspect ratio at the height, "
+                        "or the size its manifest.json gives; given, every image is resized to it)")
     g.add_argument("--height", type=int,
-                   help=f"synthetic image height (default {d.height}; for --data: {LABELLED_HEIGHT}, width from the "
-                        "images)")
+                   help=f"image height (default {d.height}; for --data: {LABELLED_HEIGHT}, or its manifest's)")
     g.add_argument("--channels", type=int, choices=(1, 3), help=f"1 grey or 3 colour (default {d.channels})")
     g.add_argument("--train-size", type=int,
                    help=f"synthetic training images, an epoch's worth; with --synthetic stream the images drawn before "
@@ -279,6 +280,9 @@ RANGES = {  # setting: (lowest, highest, whether the lowest is allowed)
     "distill_temperature": (0.0, None, False), "distill_weight": (0.0, 1.0, True),
 }
 BUDGET = ("epochs", "time_limit", "patience")  # what --resume lets a user change
+# Settings whose default depends on the run, so TrainConfig.given records whether they were named:
+# --patience (off for a small labelled set), --width and --height (from a --data folder's images).
+NAMED_ONLY = ("patience", "width", "height")
 
 
 def check_ranges(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
@@ -321,7 +325,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         cfg = dataclasses.replace(TrainConfig.from_json(saved["training"]), resume=named["resume"],
                                   out=named["resume"], **{k: named[k] for k in BUDGET if k in named})
     else:
-        cfg = TrainConfig(**named, given=tuple(name for name in ARCHITECTURE + ("patience",) if name in named))
+        cfg = TrainConfig(**named, given=tuple(name for name in ARCHITECTURE + NAMED_ONLY if name in named))
     check_ranges(parser, cfg)
     check_choices(parser, cfg)
     return cfg

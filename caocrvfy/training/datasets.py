@@ -113,7 +113,11 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
     elif found.manifest:
         height, width = found.manifest["height"], found.manifest["width"]
     else:
-        height, width = folders.choose_input_size(found.paths)
+        height, width = folders.choose_input_size(found.paths, cfg.height if "height" in cfg.given
+                                                  else folders.LABELLED_HEIGHT)
+    if saved is None:  # a size named on the command line wins; each image is resized to it
+        height = cfg.height if "height" in cfg.given else height
+        width = cfg.width if "width" in cfg.given else width
     keep = optional_key(cfg.keep_colour)
     images, labels, paths = folders.load_images(found, height, width, channels, keep_colour=keep)
     found.report_skipped()
