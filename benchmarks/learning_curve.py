@@ -3,6 +3,7 @@ with ddddocr untrained.
 
     python benchmarks/learning_curve.py DIR                                  # every row, 25..500 labels
     python benchmarks/learning_curve.py DIR --counts 100 --rows base,base+unlabelled --minutes 10
+    python benchmarks/learning_curve.py DIR --counts 100 --rows base+unlabelled --base RUN --train-option=--width=192
 
 Split: sorted by file name, every 5th item is a test file (`own_captchas.split_test`, the
 convention of the shared sets' READMEs). From the rest, N labelled images are drawn with a fixed
@@ -18,6 +19,9 @@ option added: `--data N_LABELS --time-limit MINUTES`):
 - ddddocr, ddddocr-ranges: ddddocr untrained, plain and with `set_ranges` set to the set's
   alphabet; read once (they do not depend on N)
 - base-zero-shot: the base reader with no training, case-folded
+
+`--base RUN` puts another model in the base's place (in the base rows, as `--init RUN`, and in
+base-zero-shot); `--train-option` adds an option to every training command.
 
 Columns: test full-match (case-folded) and the training process's CPU minutes. Writes
 benchmarks/results/learning-curve-NAME-DATE.json and a plot beside it.
@@ -65,12 +69,12 @@ def unlabelled_side(root: Path, dest: Path, items: list[tuple[str, str]]) -> Pat
     return dest
 
 
-def zero_shot(test_dir: Path) -> dict:
+def zero_shot(test_dir: Path, base: Path | None) -> dict:
     from caocrvfy.evaluation import evaluate_folder
     from caocrvfy.inference import Predictor
     from caocrvfy.locations import base_model
 
-    result = evaluate_folder(Predictor.load(base_model()), test_dir, ignore_case=True)
+    result = evaluate_folder(Predictor.load(base or base_model()), test_dir, ignore_case=True)
     return {"full_match": result["full_match"], "count": result["count"]}
 
 
@@ -108,6 +112,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10, help="--time-limit of each training (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which labelled images are drawn (default 0)")
     p.add_argument("--work", type=Path, help="split folders and runs (default: a new temp folder)")
+    p.add_argument("--base", type=Path, help="a model in the base reader's place (default: models/base)")
+    p.add_argument("--train-option", action="append", default=[],
+                   help="an option added to every training command (repeatable), e.g. --train-option=--width=192")
     common.add_results_option(p)
     args = p.parse_args()
     rows = [r for r in args.rows.split(",") if r]
@@ -147,7 +154,8 @@ def main() -> int:
                 record({"row": "ddddocr-ranges", "labels": None, "version": version}
                        | score_ddddocr(ranged, test_dir))
     if "base-zero-shot" in rows:
-        record({"row": "base-zero-shot", "labels": None} | zero_shot(test_dir))
+        record({"row": "base-zero-shot", "labels": None, "base": str(args.base or "models/base")}
+               | zero_shot(test_dir, args.base))
 
     for count in counts:
         if count > len(rest):
@@ -161,13 +169,17 @@ def main() -> int:
                 if not left:
                     continue
                 extra = ["--unlabelled", str(unlabelled_side(root, work / f"unlabelled-{count}", left))]
+            if row.startswith("base") and args.base:
+                extra = [*extra, "--init", str(args.base)]
+            extra = [*extra, *args.train_option]
             before = cpu_seconds_of_children()
             run = common.train_run(f"{row} {count}", ["--data", str(labelled), "--time-limit", f"{args.minutes:g}",
                                                       *extra], work / f"run-{common.slug(row)}-{count}", echo=True)
             run["cpu_minutes"] = (cpu_seconds_of_children() - before) / 60
             score_caocrvfy(run, test_dir)
             record({"row": row, "labels": count, "unlabelled": len(left) if row == "base+unlabelled" else 0,
-                    "minutes": args.minutes} | {k: v for k, v in run.items() if k != "skipped"})
+                    "minutes": args.minutes, "base": str(args.base or "models/base") if row.startswith("base") else None,
+                    "train_options": args.train_option} | {k: v for k, v in run.items() if k != "skipped"})
 
     path = common.write_result(f"learning-curve-{common.slug(root.name)}", results, args.results_dir, started)
     plot(results, path.with_suffix(".png"), f"{root.name}: {len(test)} test files, {args.minutes:g} min a run")
