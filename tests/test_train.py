@@ -460,7 +460,7 @@ def test_init_adopts_the_saved_architecture_unless_a_setting_is_given(tmp_path, 
     assert train_main([*tiny, "--init", str(tmp_path / "stride4"), "--out", str(tmp_path / "again")]) == 0
     config = load_json(tmp_path / "again" / "config.json")
     assert config["model"]["column_stride"] == 4 and "column_stride" not in config["training"]["given"]
-    assert set(config["training"]["given"]) == {"filters", "dense_units", "rnn_units"}
+    assert set(config["training"]["given"]) == {"filters", "dense_units", "rnn_units", "width", "height"}
 
 
 # ---------------------------------------------------------------- entry points
