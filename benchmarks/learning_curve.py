@@ -69,12 +69,11 @@ def unlabelled_side(root: Path, dest: Path, items: list[tuple[str, str]]) -> Pat
     return dest
 
 
-def zero_shot(test_dir: Path, base: Path | None) -> dict:
+def zero_shot(test_dir: Path, base: Path) -> dict:
     from caocrvfy.evaluation import evaluate_folder
     from caocrvfy.inference import Predictor
-    from caocrvfy.locations import base_model
 
-    result = evaluate_folder(Predictor.load(base or base_model()), test_dir, ignore_case=True)
+    result = evaluate_folder(Predictor.load(base), test_dir, ignore_case=True)
     return {"full_match": result["full_match"], "count": result["count"]}
 
 
@@ -122,6 +121,9 @@ def main() -> int:
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ALL_ROWS)}")
     counts = [int(c) for c in args.counts.split(",") if c]
+    from caocrvfy.locations import base_model
+
+    base = args.base or base_model()
     root = args.data.resolve()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     work = (args.work or Path(tempfile.mkdtemp(prefix="caocrvfy-curve-"))).resolve()
@@ -154,8 +156,7 @@ def main() -> int:
                 record({"row": "ddddocr-ranges", "labels": None, "version": version}
                        | score_ddddocr(ranged, test_dir))
     if "base-zero-shot" in rows:
-        record({"row": "base-zero-shot", "labels": None, "base": str(args.base or "models/base")}
-               | zero_shot(test_dir, args.base))
+        record({"row": "base-zero-shot", "labels": None, "base": str(base)} | zero_shot(test_dir, base))
 
     for count in counts:
         if count > len(rest):
@@ -169,7 +170,8 @@ def main() -> int:
                 if not left:
                     continue
                 extra = ["--unlabelled", str(unlabelled_side(root, work / f"unlabelled-{count}", left))]
-            if row.startswith("base") and args.base:
+            from_base = row.startswith("base")
+            if from_base and args.base:  # without --base the row is the user's command: the default start
                 extra = [*extra, "--init", str(args.base)]
             extra = [*extra, *args.train_option]
             before = cpu_seconds_of_children()
@@ -178,7 +180,7 @@ def main() -> int:
             run["cpu_minutes"] = (cpu_seconds_of_children() - before) / 60
             score_caocrvfy(run, test_dir)
             record({"row": row, "labels": count, "unlabelled": len(left) if row == "base+unlabelled" else 0,
-                    "minutes": args.minutes, "base": str(args.base or "models/base") if row.startswith("base") else None,
+                    "minutes": args.minutes, "base": str(base) if from_base else None,
                     "train_options": args.train_option} | {k: v for k, v in run.items() if k != "skipped"})
 
     path = common.write_result(f"learning-curve-{common.slug(root.name)}", results, args.results_dir, started)

@@ -115,7 +115,7 @@ def _labelled(cfg: TrainConfig, channels: int, saved: ModelConfig | None,
     else:
         height, width = folders.choose_input_size(found.paths, cfg.height if "height" in cfg.given
                                                   else folders.LABELLED_HEIGHT)
-    if saved is None:  # a size named on the command line wins; each image is resized to it
+    if saved is None:  # a size named on the command line wins over the manifest's; each image is resized to it
         height = cfg.height if "height" in cfg.given else height
         width = cfg.width if "width" in cfg.given else width
     keep = optional_key(cfg.keep_colour)
