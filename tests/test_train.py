@@ -159,11 +159,14 @@ def test_linear_warmup_leaves_the_rate_to_reduce_lr_on_plateau():
     assert record.rates[-1] < 0.1  # cut by the plateau callback, not reset by warmup
 
 
-def test_logged_rate_is_the_rate_each_epoch_starts_with():
+def test_logged_rate_is_the_rate_each_epoch_starts_with(caplog):
     model, x, y = tiny_regression(learning_rate=0.1)  # as train(): compiled at the target rate
-    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0,
-                        callbacks=[cb.LinearWarmup(0.1, 4), cb.EpochLog(3)])
+    with caplog.at_level("INFO", logger="caocrvfy"):
+        history = model.fit(x, y, batch_size=2, epochs=3, verbose=0,
+                            callbacks=[cb.LinearWarmup(0.1, 4), cb.EpochLog(3)])
     np.testing.assert_allclose(history.history["lr"], [0.025, 0.075, 0.1], rtol=1e-6)
+    rates = [r.getMessage().split(" lr=")[1].split()[0] for r in caplog.records if " lr=" in r.getMessage()]
+    assert rates == ["2.50e-02..5.00e-02", "7.50e-02..1.00e-01", "1.00e-01"]  # warmup moves it within an epoch
 
 
 def test_cosine_to_budget_after_warmup():

@@ -307,7 +307,9 @@ class TimeLimit(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One line per epoch: losses, validation string metrics, rate and time."""
+    """One line per epoch: losses, validation string metrics, rate and time. The rate is the one
+    the epoch starts with (also logged as `lr`), and where warmup or a decay moved it within the
+    epoch, `first..last`."""
 
     def __init__(self, epochs: int):
         super().__init__()
@@ -325,6 +327,8 @@ class EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         terms = " ".join(f"{k[:-5]}={logs[k]:.4f}" for k in logs if k.endswith("_term") and not k.startswith("val_"))
         terms = f" ({terms})" if terms else ""
+        last = current_lr(self.model)
+        rate = f"{self.lr:.2e}" if math.isclose(last, self.lr, rel_tol=0.01) else f"{self.lr:.2e}..{last:.2e}"
         log.info(
             f"epoch {epoch + 1:3d}/{self.epochs} loss={logs.get('loss', math.nan):.4f}{terms} "
             f"val_loss={logs.get('val_loss', math.nan):.4f} "
@@ -332,7 +336,7 @@ class EpochLog(keras.callbacks.Callback):
             f"char_acc={logs.get('val_char_accuracy', math.nan):.4f} "
             f"precision={logs.get('val_precision', math.nan):.4f} "
             f"recall={logs.get('val_recall', math.nan):.4f} "
-            f"lr={self.lr:.2e} time={time.monotonic() - self.start:.1f}s"
+            f"lr={rate} time={time.monotonic() - self.start:.1f}s"
         )
         logs["lr"] = self.lr
 
