@@ -8,7 +8,8 @@ Formats: keras, onnx, tflite, and tflite-int8 (`caocrvfy export --int8`); measur
 offered by caocrvfy: tflite-int8-full (TFLite's full-integer form, calibrated on 200 fresh
 captchas of the model's kind that are not among the read ones), onnx-int8-dynamic and
 onnx-int8-static (ONNX Runtime's quantize_dynamic, and quantize_static in QDQ form calibrated on
-the same 200).
+the same 200). The first row is always the default reader, what `caocrvfy predict` reads
+without --model (models/captcha-6x62/model-int8.tflite).
 
 Every reader gets the same PNG files as bytes, so decoding, resizing and turning the outputs
 into text are all inside the timings. Single-image latency: one image per call, in turn,
@@ -100,7 +101,9 @@ QUANTISED = ("tflite-int8-full", "onnx-int8-dynamic", "onnx-int8-static")
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="caocrvfy model, repeatable (default: the shipped captcha-6x62)")
+    p.add_argument("--model", action="append",
+                   help="caocrvfy model, repeatable (default: the shipped captcha-6x62): a run folder or .keras file "
+                        "read in each of --formats, or an exported file read as it is")
     p.add_argument("--formats", default="keras,onnx,tflite,tflite-int8",
                    help=f"from keras, onnx, tflite, tflite-int8, {', '.join(QUANTISED)} (default keras,onnx,tflite,tflite-int8)")
     p.add_argument("--count", type=int, default=1000, help="captchas read (default 1000)")
@@ -140,8 +143,14 @@ def main() -> int:
         drawn = generate(export_dir / "calibration", 200, CaptchaSpec(first.charset, first.max_length, first.width,
                                                                       first.height))
         calibration = [open_image(path, first.height, first.width, first.channels) for path in read_folder(drawn).paths]
+    default = Predictor.load()  # what `caocrvfy predict` reads without --model
+    readers[f"caocrvfy default: {default.path.parent.name}/{default.path.name}"] = default
     for model in models:
-        name = resolve_model_path(model)[0].parent.name
+        path = resolve_model_path(model)[0]
+        name = path.parent.name
+        if path.suffix != ".keras":  # an exported file is read as it is
+            readers[f"caocrvfy {name}/{path.name}"] = Predictor.load(path)
+            continue
         for fmt in args.formats.split(","):
             suffix = fmt.split("-")[0]
             target = export_dir / name / fmt / f"model.{suffix}"

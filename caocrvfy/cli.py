@@ -21,6 +21,9 @@ from pathlib import Path
 
 log = logging.getLogger("caocrvfy")
 
+READER_HELP = ("run folder or model file (default: the shipped 6x62 model in its int8 TFLite form, "
+               "models/captcha-6x62/model-int8.tflite, or its model.keras where that file is missing)")
+
 
 def _generate(args) -> int:
     from caocrvfy.data.colour_keys import parse_pair
@@ -362,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reads every file; exits 0 when all were read, 1 when any could not be read "
                                    "(each is listed, the others are still read), 2 for a mistake such as a bad model.")
     g.add_argument("inputs", nargs="+", help="image files or folders")
-    g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
+    g.add_argument("--model", help=READER_HELP)
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH,
                    help=f"images per model call (default {PREDICT_BATCH})")
@@ -375,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_predict)
 
     g = sub.add_parser("evaluate", parents=[common, reading, keyed], help="accuracy on a labelled folder")
-    g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
+    g.add_argument("--model", help=READER_HELP)
     g.add_argument("--data", required=True, help="labelled folder")
     g.add_argument("--ignore-case", action="store_true", help="compare case-folded")
     g.add_argument("--json", action="store_true",
@@ -396,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_export)
 
     g = sub.add_parser("serve", parents=[common, keyed], help="read captchas over HTTP (POST /predict; see docs/serving.md)")
-    g.add_argument("--model", help="run folder or model file (default: the shipped 6x62 model)")
+    g.add_argument("--model", help=READER_HELP)
     g.add_argument("--host", default="127.0.0.1", help="(default 127.0.0.1)")
     g.add_argument("--port", type=port, default=8000, help="(default 8000)")
     g.add_argument("--max-body-bytes", type=positive_int, default=limits.max_body_bytes,

@@ -19,6 +19,9 @@ from pathlib import Path
 from caocrvfy.errors import DataError
 
 DEFAULT_MODEL_NAME = "captcha-6x62"  # what `caocrvfy predict` reads without --model
+# The default model's int8 TFLite form (`caocrvfy export --format tflite --int8`), beside its
+# model.keras: what predict, evaluate and serve read without --model (BENCHMARKS.md, "Reading speed").
+DEFAULT_READER_FILE = "model-int8.tflite"
 BASE_MODEL_NAME = "base"  # where `caocrvfy train --data` starts without --init
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -44,8 +47,16 @@ def models_dir() -> Path:
 
 
 def default_model() -> Path:
-    """The shipped model `caocrvfy predict` reads when no --model is given."""
+    """The shipped default model's folder: what export, --init and --teacher take without a
+    path, and what `default_reader` is exported from."""
     return models_dir() / DEFAULT_MODEL_NAME
+
+
+def default_reader() -> Path:
+    """What predict, evaluate and serve read without --model: the default model's int8 TFLite
+    file, or its folder (model.keras) where that file is missing."""
+    reader = default_model() / DEFAULT_READER_FILE
+    return reader if reader.exists() else default_model()
 
 
 def base_model() -> Path:

@@ -110,6 +110,24 @@ def test_export_outputs_match_keras(exports, reference, fmt):
     assert_same_reading(expected[:1], np.asarray(runtime.predict_on_batch(batch[:1])))  # batch size changes
 
 
+def test_tflite_keeps_one_interpreter_for_each_padded_batch_size(exports, reference):
+    _, batch, expected = reference
+    runtime = load_runtime(exported(exports, "tflite"))
+    for n in (30, 1, 3, 30, 4):  # padded to 32, 1, 4, 32, 4
+        assert_same_reading(expected[:n], np.asarray(runtime.predict_on_batch(batch[:n])))
+    assert runtime.prepared_sizes == [1, 4, 32]
+
+
+def test_serving_a_tflite_file_warms_up_each_padded_batch_size(exports):
+    pytest.importorskip("fastapi")
+    from caocrvfy.serving.app import WARMUP_PADDED, create_app
+
+    reader = Predictor.load(exported(exports, "tflite"))
+    app = create_app(reader)
+    app.state.batcher.close()
+    assert reader.model.prepared_sizes == [1 << i for i in range(WARMUP_PADDED.bit_length())] == [1, 2, 4, 8, 16, 32]
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_predictor_reads_the_same_strings_from_exports(exports, reference, images, fmt):
     reader, _, _ = reference

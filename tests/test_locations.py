@@ -39,6 +39,20 @@ def test_an_installed_package_reads_the_models_pip_put_under_its_prefix(monkeypa
     assert locations.cache_dir() == tmp_path / "xdg" / "caocrvfy"
 
 
+def test_the_default_reader_is_the_int8_file_beside_the_default_model_else_its_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAOCRVFY_MODELS", str(tmp_path))
+    folder = tmp_path / locations.DEFAULT_MODEL_NAME
+    folder.mkdir()
+    assert locations.default_reader() == folder
+    (folder / locations.DEFAULT_READER_FILE).write_bytes(b"")
+    assert locations.default_reader() == folder / locations.DEFAULT_READER_FILE
+    assert locations.default_model() == folder  # export, --init and --teacher keep the Keras model
+
+
+def test_the_checkout_ships_the_default_reader():
+    assert locations.default_reader().name == locations.DEFAULT_READER_FILE
+
+
 def test_a_missing_default_model_names_the_variable_to_set(monkeypatch, tmp_path):
     monkeypatch.setenv("CAOCRVFY_MODELS", str(tmp_path))
     with pytest.raises(DataError, match="set CAOCRVFY_MODELS"):

@@ -46,3 +46,18 @@ def test_the_base_reader_is_shipped_and_reads_any_length_of_the_wide_set():
     assert reader.height == 64  # the height labelled folders reach the model at
     training = json.loads((folder / "config.json").read_text())["training"]
     assert (training["style"], training["min_length"], training["length"]) == ("varied", 1, 8)
+
+
+@pytest.mark.slow
+def test_the_default_reader_is_the_int8_form_of_captcha_6x62_and_reads_as_it_does(tmp_path):
+    default = Predictor.load()  # what predict, evaluate and serve read without --model
+    assert default.path == MODELS / "captcha-6x62" / "model-int8.tflite"
+    assert default.path.stat().st_size < (MODELS / "captcha-6x62" / "model.keras").stat().st_size / 2
+    keras_reader = Predictor.load(MODELS / "captcha-6x62")
+    assert (default.charset, default.length) == (keras_reader.charset, keras_reader.length)
+    fresh = generate(tmp_path / "fresh", 40, CaptchaSpec(default.charset, 6, default.width, default.height), workers=1)
+    paths = sorted(fresh.glob("*.png"))
+    texts = [p.text for p in default.predict(paths)]
+    assert sum(p.name.split("_")[0] == text for p, text in zip(paths, texts)) >= 32
+    agree = sum(a == b.text for a, b in zip(texts, keras_reader.predict(paths)))
+    assert agree >= 38, f"the int8 reader and model.keras agree on {agree} of 40"  # 98.33% each on 3,000

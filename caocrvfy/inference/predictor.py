@@ -24,7 +24,7 @@ from caocrvfy.data.colour_keys import ColourKey, optional_key
 from caocrvfy.data.images import IMAGE_SUFFIXES, open_image
 from caocrvfy.errors import DataError
 from caocrvfy.inference.decoding import Constraint, Prediction, decode_outputs
-from caocrvfy.locations import resolve_model_path
+from caocrvfy.locations import default_reader, resolve_model_path
 from caocrvfy.model_config import ModelConfig, migrate, model_config_of, read_config
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, keep_colour: ColourKey | str | None = FROM_MODEL) -> "Predictor":
-        """The model of a run folder or file with its config.json; `keep_colour` as in `__init__`,
-        checked before the model is loaded."""
-        model_path, config_path = resolve_model_path(path)
+        """The model of a run folder or file with its config.json (None: the shipped default reader,
+        `locations.default_reader`); `keep_colour` as in `__init__`, checked before the model is loaded."""
+        model_path, config_path = resolve_model_path(path or default_reader())
         config = read_config(config_path)
         if keep_colour != FROM_MODEL:
             keep_colour = optional_key(keep_colour)  # a bad colour fails before the slow part

@@ -68,36 +68,62 @@ def _tflite_interpreter(path: Path, threads: int | None):
 
 
 class TFLiteRuntime:
-    """A TFLite interpreter whose input tensor is resized to each batch's shape.
+    """TFLite interpreters, one for each batch size a batch is padded to (the next power of two):
+    resizing one interpreter's input re-plans its memory and costs about as much as reading the
+    batch, so batches of changing size (a server's) would pay it on nearly every call.
 
-    An interpreter is not thread-safe, so calls are serialised by a lock.
+    Interpreters are not thread-safe, so calls are serialised by a lock. Each is made, and its
+    XNNPACK delegate's start-up line ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU")
+    caught, on its first batch size.
     """
 
     format = "tflite"
 
     def __init__(self, path: Path, threads: int | None = None):
+        self.path, self.threads = path, threads
+        self._interpreters: dict[tuple, object] = {}
         try:
-            self.interpreter = _tflite_interpreter(path, threads)
+            probe = self._make(None)
         except (ValueError, RuntimeError) as exc:
             raise DataError(f"{path} is not a TFLite model ({str(exc).splitlines()[0]}); "
                             "export it again with `caocrvfy export`.") from exc
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.input = probe.get_input_details()[0]
+        self.output = probe.get_output_details()[0]
         self.output_shape = tuple(int(d) if d > 0 else None for d in self.output.get("shape_signature", self.output["shape"]))
         self.metadata: dict = {}
-        self._shape: tuple | None = None
         self._lock = threading.Lock()
 
+    def _make(self, shape: tuple | None):
+        """An interpreter for batches of `shape` (None: the file's own input shape, not kept)."""
+        from caocrvfy.startup import captured_native_stderr
+
+        with captured_native_stderr():
+            interpreter = _tflite_interpreter(self.path, self.threads)
+            if shape is not None:
+                interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape, strict=False)
+            interpreter.allocate_tensors()
+        if shape is not None:
+            self._interpreters[shape] = interpreter
+        return interpreter
+
+    @property
+    def prepared_sizes(self) -> list[int]:
+        """The batch sizes an interpreter is ready for."""
+        return sorted({shape[0] for shape in self._interpreters})
+
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        from caocrvfy.inference.predictor import bucket
+
         batch = np.ascontiguousarray(batch, np.uint8)
+        n = len(batch)
+        shape = (bucket(n), *batch.shape[1:])
+        if n < shape[0]:
+            batch = np.concatenate([batch, np.zeros((shape[0] - n, *batch.shape[1:]), np.uint8)])
         with self._lock:
-            if batch.shape != self._shape:
-                self.interpreter.resize_tensor_input(self.input["index"], batch.shape, strict=False)
-                self.interpreter.allocate_tensors()
-                self._shape = batch.shape
-            self.interpreter.set_tensor(self.input["index"], batch)
-            self.interpreter.invoke()
-            return self.interpreter.get_tensor(self.output["index"]).copy()
+            interpreter = self._interpreters.get(shape) or self._make(shape)
+            interpreter.set_tensor(self.input["index"], batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(self.output["index"])[:n].copy()
 
 
 class SavedModelRuntime:

@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -68,6 +69,7 @@ _REQUEST_BODY = {
 
 
 WARMUP_BATCHES = (1, 2, 3)
+WARMUP_PADDED = 32  # a TFLite model is warmed up on every power of two up to this batch size
 
 
 def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = True,
@@ -78,8 +80,8 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
     every endpoint but /healthz answers 401 unless the request carries the key."""
     import contextlib
 
+    import anyio.to_thread
     from fastapi import FastAPI, Request, Response
-    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel
     from starlette.exceptions import HTTPException
@@ -101,6 +103,12 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         error: str
 
     model_lock = threading.Lock()
+    # Decoding uploads and turning outputs into text hold the GIL: run as many at a time as there
+    # are cores, first come first served, rather than one thread per waiting request sharing it.
+    cpu_work = anyio.CapacityLimiter(os.cpu_count() or 1)
+
+    async def in_thread(fn, *args):
+        return await anyio.to_thread.run_sync(fn, *args, limiter=cpu_work)
 
     def run_model(arrays: list[np.ndarray], constraint: Constraint | None = None):
         with model_lock:
@@ -112,8 +120,15 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         # request, so that a batch of a size not seen yet is not held up by tracing.
         # On JAX every batch shape compiles once; `Predictor.outputs` pads batches to powers of two,
         # so warming up each of those up to the largest batch covers every request.
+        # A TFLite file keeps an interpreter for each padded size, made on its first batch: those up
+        # to WARMUP_PADDED are made here (each costs about 70 ms and 30 MB; larger ones on demand).
         blank = np.zeros((predictor.height, predictor.width, predictor.channels), np.uint8)
-        sizes = [1 << i for i in range(bucket(PREDICT_BATCH).bit_length())] if jax_backend() else WARMUP_BATCHES
+        if jax_backend():
+            sizes = [1 << i for i in range(bucket(PREDICT_BATCH).bit_length())]
+        elif getattr(predictor.model, "format", None) == "tflite":
+            sizes = [1 << i for i in range(WARMUP_PADDED.bit_length())]
+        else:
+            sizes = WARMUP_BATCHES
         for size in sizes:
             run_model([blank] * size)
     # The batcher thread only runs the model; each request turns its own outputs into text in a
@@ -124,14 +139,14 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
     async def read(arrays: list[np.ndarray], constraint: Constraint | None, timing: dict):
         if batcher is None:
             started = time.perf_counter()
-            results = await run_in_threadpool(run_model, arrays, constraint)
+            results = await anyio.to_thread.run_sync(run_model, arrays, constraint)
             timing["model"] = time.perf_counter() - started  # the lock's wait included
             return results
         future = batcher.submit(arrays)
         outputs = await asyncio.wrap_future(future)
         timing["queue"], timing["model"], timing["batch"] = future.timing
         started = time.perf_counter()
-        results = await run_in_threadpool(predictor.decode, outputs, constraint)
+        results = await in_thread(predictor.decode, outputs, constraint)
         timing["text"] = time.perf_counter() - started
         return results
 
@@ -180,7 +195,7 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         timing, started = {}, time.perf_counter()
         items = await read_images(request, limits)
         timing["body"], started = time.perf_counter() - started, time.perf_counter()
-        arrays = await run_in_threadpool(
+        arrays = await in_thread(
             lambda: [decode_upload(data, label, predictor, limits.max_pixels) for label, _, data in items])
         timing["decode"] = time.perf_counter() - started
         results = await read(arrays, constraint, timing)
