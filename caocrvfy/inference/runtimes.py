@@ -72,9 +72,10 @@ class TFLiteRuntime:
     resizing one interpreter's input re-plans its memory and costs about as much as reading the
     batch, so batches of changing size (a server's) would pay it on nearly every call.
 
-    Interpreters are not thread-safe, so calls are serialised by a lock. Each is made, and its
-    XNNPACK delegate's start-up line ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU")
-    caught, on its first batch size.
+    Interpreters are not thread-safe, so calls are serialised by a lock. Each is made on its
+    first batch size. The XNNPACK delegate's start-up line ("INFO: Created TensorFlow Lite
+    XNNPACK delegate for CPU"), written once a process when the first interpreter is allocated,
+    is caught while the file is opened.
     """
 
     format = "tflite"
@@ -82,8 +83,11 @@ class TFLiteRuntime:
     def __init__(self, path: Path, threads: int | None = None):
         self.path, self.threads = path, threads
         self._interpreters: dict[tuple, object] = {}
+        from caocrvfy.startup import captured_native_stderr
+
         try:
-            probe = self._make(None)
+            with captured_native_stderr():
+                probe = self._make(None)
         except (ValueError, RuntimeError) as exc:
             raise DataError(f"{path} is not a TFLite model ({str(exc).splitlines()[0]}); "
                             "export it again with `caocrvfy export`.") from exc
@@ -95,13 +99,10 @@ class TFLiteRuntime:
 
     def _make(self, shape: tuple | None):
         """An interpreter for batches of `shape` (None: the file's own input shape, not kept)."""
-        from caocrvfy.startup import captured_native_stderr
-
-        with captured_native_stderr():
-            interpreter = _tflite_interpreter(self.path, self.threads)
-            if shape is not None:
-                interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape, strict=False)
-            interpreter.allocate_tensors()
+        interpreter = _tflite_interpreter(self.path, self.threads)
+        if shape is not None:
+            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape, strict=False)
+        interpreter.allocate_tensors()
         if shape is not None:
             self._interpreters[shape] = interpreter
         return interpreter
