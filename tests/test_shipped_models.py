@@ -61,3 +61,15 @@ def test_the_default_reader_is_the_int8_form_of_captcha_6x62_and_reads_as_it_doe
     assert sum(p.name.split("_")[0] == text for p, text in zip(paths, texts)) >= 32
     agree = sum(a == b.text for a, b in zip(texts, keras_reader.predict(paths)))
     assert agree >= 38, f"the int8 reader and model.keras agree on {agree} of 40"  # 98.33% each on 3,000
+
+
+@pytest.mark.slow
+def test_predict_without_a_model_reads_through_tflite_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    fresh = generate(tmp_path / "fresh", 3, CaptchaSpec(parse_charset("0-9a-zA-Z"), 6, 160, 60), workers=1)
+    quiet = subprocess.run([sys.executable, "-m", "caocrvfy", "predict", str(fresh)], capture_output=True, text=True,
+                           timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout.count("\t") == 6
+    assert quiet.stderr == ""  # no XNNPACK, oneDNN or cuda lines
