@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -80,6 +81,34 @@ def software() -> dict:
 def add_results_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
                         help="where the result JSON goes (default benchmarks/results/)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """DATA, --train-option, --work and --results-dir, for a benchmark that trains one run on
+    split folders of a labelled folder."""
+    parser.add_argument("data", type=Path, help="labelled folder (file-name labels or labels.csv)")
+    add_results_option(parser)
+    parser.add_argument("--train-option", action="append", default=[],
+                        help="an option added to the training command (repeatable), e.g. --train-option=--seed=1")
+    parser.add_argument("--work", type=Path, help="split folders and the run (default: a new temp folder)")
+
+
+def start_run(parser: argparse.ArgumentParser, prefix: str) -> tuple[argparse.Namespace, Path, str, Path]:
+    """Parses the options of `add_run_options` and the benchmark's own, turns on timed log
+    lines, and returns (options, the labelled folder, the start time, the work folder)."""
+    import logging
+
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return args, args.data.resolve(), started, work_folder(args.work, prefix)
+
+
+def work_folder(work: Path | None, prefix: str) -> Path:
+    """WORK, made if missing, or a new temporary folder named PREFIX...; absolute."""
+    folder = (work or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def write_result(name: str, results, results_dir: Path = RESULTS_DIR, started: str | None = None) -> Path:

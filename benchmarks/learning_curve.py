@@ -33,7 +33,6 @@ import argparse
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +59,13 @@ def split(items: list[tuple[str, str]], seed: int) -> tuple[list, list]:
     rest, test = split_test(items)
     order = np.random.default_rng(seed).permutation(len(rest))
     return test, [rest[i] for i in order]
+
+
+def test_side(root: Path, work: Path) -> tuple[Path, list, list]:
+    """The split of ROOT: the folder WORK/test of its test items, those items, and the rest's
+    items in their drawn order (the first N are the N labelled images)."""
+    test, rest = split(list_items(root), seed=0)
+    return make_side(root, work / "test", test), test, rest
 
 
 def unlabelled_side(root: Path, dest: Path, items: list[tuple[str, str]]) -> Path:
@@ -126,8 +132,7 @@ def main() -> int:
     base = args.base or base_model()
     root = args.data.resolve()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    work = (args.work or Path(tempfile.mkdtemp(prefix="caocrvfy-curve-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args.work, "caocrvfy-curve-")
 
     items = list_items(root)
     test, rest = split(items, args.seed)

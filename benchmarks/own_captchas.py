@@ -29,7 +29,6 @@ import logging
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -272,8 +271,7 @@ def main() -> int:
         # `train --init` loads with keras.models.load_model, which wants the .keras file itself.
         init = (init / "model.keras" if init.is_dir() else init).resolve()
     args.init_name = init.parent.name if init else None
-    work = (args.work or Path(tempfile.mkdtemp(prefix="caocrvfy-own-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.work_folder(args.work, "caocrvfy-own-")
 
     from caocrvfy.errors import DataError
 

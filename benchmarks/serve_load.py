@@ -7,7 +7,8 @@
 
 Each level sends at most --requests requests from N concurrent clients (one image per request
 unless --batch says more) and stops early at --time-cap seconds; the server must be on this
-machine (loopback only). Files named LABEL_anything.png also give a full-match column. Prints a
+machine (loopback only). `--server-cpus 0` keeps the server it starts on core 0 and this load
+generator on the others, so that the two do not wait for each other's cores. Files named LABEL_anything.png also give a full-match column. Prints a
 markdown table and writes the rows to benchmarks/results/serve-load-DATE.json; exits 1 if any
 request failed.
 
@@ -131,8 +132,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, extra: list[str]):
-    """`caocrvfy serve` on a free loopback port; returns (process, url) once /healthz answers."""
+def start_server(model: str, extra: list[str], cpus: set[int] | None = None):
+    """`caocrvfy serve` on a free loopback port (on `cpus` only, if given); returns (process,
+    url) once /healthz answers."""
+    import os
     import subprocess
 
     import httpx2
@@ -140,7 +143,8 @@ def start_server(model: str, extra: list[str]):
     port = free_port()
     cmd = [sys.executable, "-m", "caocrvfy", "serve", "--model", model, "--port", str(port),
            "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -153,6 +157,22 @@ def start_server(model: str, extra: list[str]):
         time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"{' '.join(cmd)} did not answer within 2 minutes")
+
+
+def split_cores(spec: str) -> set[int]:
+    """The cores of SPEC (`0`, `0-1`, `0,2`) for the server; pins this process to the other ones."""
+    import os
+
+    cores = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    rest = os.sched_getaffinity(0) - cores
+    if not cores <= os.sched_getaffinity(0) or not rest:
+        raise SystemExit(f"--server-cpus {spec}: give some, not all, of this machine's cores "
+                         f"{sorted(os.sched_getaffinity(0))}, so that the load generator has the others")
+    os.sched_setaffinity(0, rest)
+    return cores
 
 
 def run_levels(url: str, images, args) -> list[dict]:
@@ -175,14 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
     p.add_argument("--time-cap", type=float, default=20.0, help="seconds per level at most (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="requests sent before measuring (default 5)")
+    p.add_argument("--server-cpus", help="with --model: the cores the server may run on, e.g. 0 or 0-1; the load "
+                                         "generator then runs on the others (default: both on every core)")
     common.add_results_option(p)
     args = p.parse_args(argv)
+    server_cpus = split_cores(args.server_cpus) if args.server_cpus else None
     images = load_images(args.images, max(args.requests * args.batch, 1))
     modes = {"batched": [], "unbatched": ["--no-batching"], "window-5ms": ["--batch-window-ms", "5"]}
     rows = []
     if args.model:
         for mode in args.modes.split(","):
-            proc, url = start_server(args.model, modes[mode])
+            proc, url = start_server(args.model, modes[mode], server_cpus)
             try:
                 rows += [r | {"server": mode} for r in run_levels(url, images, args)]
             finally:
@@ -208,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{mid[n]:.1f} / {tail[n]:.1f}" for n in (*PARTS, "outside", "total", "batch")]
         print(f"| {r['server']} | {r['clients']} | " + " | ".join(cells) + " |")
     common.write_result("serve-load", {"model": args.model, "batch": args.batch, "requests": args.requests,
-                                       "time_cap": args.time_cap, "levels": rows}, args.results_dir)
+                                       "time_cap": args.time_cap, "server_cpus": args.server_cpus, "levels": rows},
+                        args.results_dir)
     failed = [r for r in rows if r["failed"]]
     for r in failed:
         print(f"\n{r['clients']} clients: {r['failed']} failed, first: {r['first_failure']}", file=sys.stderr)

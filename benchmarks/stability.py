@@ -32,17 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import common
 import numpy as np
-from learning_curve import split
-from own_captchas import list_items, make_side
+from learning_curve import test_side
+from own_captchas import make_side
 
 
 def diagnostics_callback(run_dir: Path, test_dir: Path, labelled_dir: Path, momenta: tuple[float, ...],
@@ -145,25 +142,15 @@ def diagnostics_callback(run_dir: Path, test_dir: Path, labelled_dir: Path, mome
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", type=Path, help="labelled folder (file-name labels or labels.csv)")
     p.add_argument("--epochs", type=int, default=40, help="epochs of the run (default 40)")
     p.add_argument("--momenta", default="0.99", help="EMA momenta to follow (default 0.99)")
     p.add_argument("--bn-images", type=int, default=256, help="labelled images the statistics are recomputed from (default 256)")
-    p.add_argument("--train-option", action="append", default=[],
-                   help="an option added to the training command (repeatable), e.g. --train-option=--seed=1")
-    p.add_argument("--work", type=Path, help="split folders and the run (default: a new temp folder)")
-    common.add_results_option(p)
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    common.add_run_options(p)
+    args, root, started, work = common.start_run(p, "caocrvfy-stability-")
     from caocrvfy.training.config import config_from_args
     from caocrvfy.training.trainer import train
 
-    root = args.data.resolve()
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    work = (args.work or Path(tempfile.mkdtemp(prefix="caocrvfy-stability-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    test, rest = split(list_items(root), seed=0)
-    test_dir = make_side(root, work / "test", test)
+    test_dir, test, rest = test_side(root, work)
     labelled = make_side(root, work / "labelled", rest)
     run_dir = work / "run"
     cfg = config_from_args(["--data", str(labelled), "--epochs", str(args.epochs), "--out", str(run_dir),

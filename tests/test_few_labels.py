@@ -223,6 +223,7 @@ def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
     callback.on_epoch_end(0, logs)
     assert logs["pseudo_labels"] == 0 and len(pool.pseudo_images) == 0
     assert logs["pseudo_threshold"] > 0.99  # the three validation readings were wrong, and sure of it
+    assert [p.text for p in callback.readings] == ["123"] * 3 and not callback.kept.any()  # what a trace reads
 
 
 @pytest.mark.parametrize("labels, widened", [

@@ -150,6 +150,12 @@ def test_hardest_shows_wrong_least_confident_first_then_least_confident_right():
     assert scores.hardest([("a", "a", 0.5), ("b", "b", 0.4)], 4) == [1, 0]
 
 
+def test_surest_wrong_lists_the_confident_mistakes_first():
+    assert scores.surest_wrong(RANKED) == [2, 5]
+    assert scores.surest_wrong(RANKED, 1) == [2]
+    assert scores.surest_wrong([("a", "a", 0.5)]) == []
+
+
 def test_summary_says_when_lengths_vary():
     figures = scores.summarize(READINGS)
     assert figures["lengths_vary"] is True and figures["count"] == 4
@@ -178,6 +184,9 @@ def test_write_report_writes_markdown_and_figures(tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in text
     assert "Answer only when confidence ≥ 0.95" in text and "### By length" in text
+    surest = text.split("## Wrong readings, surest first")[1]  # wrong readings, the surest first
+    assert surest.index("`ab_1.png`") < surest.index("`abc_2.png`") < surest.index("`ba_3.png`")
+    assert "`ab_0.png`" not in surest  # read right
     assert json.loads((out / "figures.json").read_text())["full_match"] == 0.25
 
 
@@ -187,7 +196,7 @@ def test_write_report_without_errors_or_images(tmp_path):
     assert set(figures["figures"]) == {"reliability", "coverage"}  # nothing confused, no images
     text = (tmp_path / "report.md").read_text()
     assert "Every captcha can be answered" in text and "lowest confidence seen, 0.7," in text
-    assert "### By length" not in text
+    assert "### By length" not in text and "surest first" not in text  # nothing wrong
     report.write_report([("ab", "xb", 0.99), ("cd", "cd", 0.5)], None, tmp_path / "none")
     assert "No confidence threshold reaches 99%" in (tmp_path / "none" / "report.md").read_text()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from caocrvfy.evaluation.figures import plot_confusions, plot_coverage, plot_hardest, plot_reliability
-from caocrvfy.evaluation.scores import TARGET_ACCURACY, Record, hardest, kind, summarize
+from caocrvfy.evaluation.scores import TARGET_ACCURACY, Record, hardest, kind, summarize, surest_wrong
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,13 @@ def render_markdown(f: dict, pngs: dict[str, str], title: str = "Error report",
     if len(rows) > 15:
         out += ["", f"<details><summary>All {len(rows)} characters</summary>", "", *_table(header, rows),
                 "", "</details>"]
+    if f.get("surest_wrong"):
+        out += ["", "## Wrong readings, surest first", "",
+                "A wrong reading the model is sure of is often a wrong label: look at these files first "
+                "and correct the label where the image agrees with the reading.", ""]
+        out += _table(["file", "label", "read as", "confidence"],
+                      [[f"`{r['file']}`", f"`{r['truth']}`", f"`{r['prediction']}`", f"{r['confidence']:.4f}"]
+                       for r in f["surest_wrong"]])
     if "hardest" in pngs:
         out += ["", "## Hardest examples", "",
                 "Wrong readings first (least confident first), then the least confident right ones.",
@@ -159,6 +166,9 @@ def write_report(records: Sequence[Record], paths: Sequence[Path] | None, out_di
     picked = hardest(records, examples)
     figures["hardest"] = [{"file": str(paths[i]) if paths else None, "truth": records[i][0],
                            "prediction": records[i][1], "confidence": records[i][2]} for i in picked]
+    figures["surest_wrong"] = [{"file": paths[i].name if paths else f"reading {i + 1}", "truth": records[i][0],
+                                "prediction": records[i][1], "confidence": records[i][2]}
+                               for i in surest_wrong(records)]
     if paths:
         pngs["hardest"] = plot_hardest(records, paths, picked, out / "hardest.png")
     names = {k: v.name for k, v in pngs.items() if v}

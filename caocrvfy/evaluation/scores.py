@@ -195,6 +195,12 @@ def hardest(records: Sequence[Record], count: int = 24) -> list[int]:
     return wrong[:n_wrong] + right[: count - n_wrong]
 
 
+def surest_wrong(records: Sequence[Record], count: int = 20) -> list[int]:
+    """Indices of the wrong readings, most confident first: where a label is most likely wrong."""
+    wrong = [i for i, (truth, reading, _) in enumerate(records) if truth != reading]
+    return sorted(wrong, key=lambda i: -records[i][2])[:count]
+
+
 # ---------------------------------------------------------------- all figures
 
 

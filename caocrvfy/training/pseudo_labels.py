@@ -73,6 +73,7 @@ class PseudoLabels(keras.callbacks.Callback):
         self.pool, self.unlabelled, self.validation, self.config = pool, unlabelled, validation, config
         self._since, self._last_cost = time.monotonic(), 0.0  # the end of the last refresh, and its cost
         self.count, self.level = 0, 1.0
+        self.readings, self.kept = [], np.zeros(0, bool)  # the last refresh's readings, and which were trained on
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
@@ -83,6 +84,7 @@ class PseudoLabels(keras.callbacks.Callback):
             readings = read_images(self.model, self.unlabelled, self.config)
             longest = self.config.max_length  # a longer reading is wrong and has no room in the labels
             keep = np.array([p.confidence >= self.level and 0 < len(p.text) <= longest for p in readings])
+            self.readings, self.kept = readings, keep
             texts = [p.text for p, k in zip(readings, keep) if k]
             self.pool.set_pseudo(self.unlabelled[keep], encode_labels(texts, self.config.charset, longest))
             self.count = int(keep.sum())
