@@ -98,6 +98,15 @@ def assert_error(response, status: int, *words: str) -> None:
 # ---------------------------------------------------------------- reading
 
 
+def test_what_start_up_made_is_frozen_out_of_the_collector_while_serving(reader):
+    import gc
+
+    with TestClient(create_app(reader, LIMITS, warmup=False)) as c:
+        assert gc.get_freeze_count() > 0  # no full collection walks TensorFlow's objects under load
+        assert c.get("/healthz").status_code == 200
+    assert gc.get_freeze_count() == 0  # given back to the collector at shutdown
+
+
 def test_predict_one_and_a_batch_in_order(client, reader, pngs):
     expected = reader.predict(pngs[:3])
     one = client.post("/predict", files=files(pngs[0]))

@@ -15,6 +15,7 @@ options; with an API key every endpoint but /healthz needs it.
 
 import asyncio
 import functools
+import gc
 import ipaddress
 import json
 import logging
@@ -152,9 +153,17 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        if batcher is not None:
-            await asyncio.to_thread(batcher.close)
+        # What start-up made (TensorFlow's modules, the model, the warmed-up interpreters) lives as
+        # long as the server: frozen out of the collector, whose full collections of it stopped
+        # every thread for about 200 ms (BENCHMARKS.md, "HTTP service under load").
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            gc.unfreeze()
+            if batcher is not None:
+                await asyncio.to_thread(batcher.close)
 
     # FastAPI's /docs and /redoc pages load their scripts and styles from a CDN, so they are blank
     # offline and no dependency ships them: the schema stays at /openapi.json for any viewer.
