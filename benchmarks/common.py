@@ -169,10 +169,24 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
+def module_command(module: str, *args: str) -> list[str]:
+    """`python -P -m MODULE ARGS` for a child process. Without -P, `-m` puts the current folder
+    first on sys.path, so that run in the project's folder it imports the project's package even
+    when PYTHONPATH names a changed copy (an experiment); `module_env` puts the project after it."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def module_env(env: dict | None = None) -> dict:
+    """ENV (default: this process's) with the project's folder last on PYTHONPATH."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(PROJECT_ROOT)) if p)
+    return env
+
+
 def training_env(parallel: int = 1) -> dict:
     """The environment of a training process; with several at once on JAX, each gets its share
     of the GPU's memory (JAX would otherwise give the first one most of it)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = module_env(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1"))
     if parallel > 1:
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / parallel:.2f}")
     return env
@@ -187,7 +201,7 @@ def train_run(name: str, options: list[str], out: Path, env: dict | None = None,
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "caocrvfy.train", *options, "--out", str(out)]
+    cmd = module_command("caocrvfy.train", *options, "--out", str(out))
     if echo:
         print(f"[{name}] {shlex.join(cmd)}", flush=True)
     epochs, copied, shown = 0, None, 0.0

@@ -63,8 +63,9 @@ class Page:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "caocrvfy", "label", str(folder), "--port", str(port),
-                                         "--train-minutes", f"{train_minutes:g}"])
+        self.process = subprocess.Popen(common.module_command("caocrvfy", "label", str(folder), "--port", str(port),
+                                                              "--train-minutes", f"{train_minutes:g}"),
+                                        env=common.module_env())
         for _ in range(600):
             try:
                 urllib.request.urlopen(self.url + "/api/status", timeout=5)

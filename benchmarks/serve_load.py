@@ -141,10 +141,11 @@ def start_server(model: str, extra: list[str], cpus: set[int] | None = None):
     import httpx2
 
     port = free_port()
-    cmd = [sys.executable, "-m", "caocrvfy", "serve", "--model", model, "--port", str(port),
-           "--log-level", "warning", *extra]
+    cmd = common.module_command("caocrvfy", "serve", "--model", model, "--port", str(port), "--log-level", "warning",
+                                *extra)
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin,
+                            env=common.module_env())
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
