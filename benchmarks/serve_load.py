@@ -7,10 +7,10 @@
 
 Each level sends at most --requests requests from N concurrent clients (one image per request
 unless --batch says more) and stops early at --time-cap seconds; the server must be on this
-machine (loopback only). `--server-cpus 0` keeps the server it starts on core 0 and this load
-generator on the others, so that the two do not wait for each other's cores. Files named LABEL_anything.png also give a full-match column. Prints a
-markdown table and writes the rows to benchmarks/results/serve-load-DATE.json; exits 1 if any
-request failed.
+machine (loopback only). With --model, `--server-cpus 0` keeps the server it starts on core 0
+and this load generator on the others, so that the two do not wait for each other's cores.
+Files named LABEL_anything.png also give a full-match column. Prints a markdown table and
+writes the rows to benchmarks/results/serve-load-DATE.json; exits 1 if any request failed.
 
 Where the time goes: each answer's Server-Timing header (body, decode, queue, model, text) is
 kept with its latency, and a second table splits the median request and the slowest 1% into
@@ -168,10 +168,11 @@ def split_cores(spec: str) -> set[int]:
     for part in spec.split(","):
         first, _, last = part.partition("-")
         cores.update(range(int(first), int(last or first) + 1))
-    rest = os.sched_getaffinity(0) - cores
-    if not cores <= os.sched_getaffinity(0) or not rest:
+    usable = os.sched_getaffinity(0)
+    rest = usable - cores
+    if not cores <= usable or not rest:
         raise SystemExit(f"--server-cpus {spec}: give some, not all, of this machine's cores "
-                         f"{sorted(os.sched_getaffinity(0))}, so that the load generator has the others")
+                         f"{sorted(usable)}, so that the load generator has the others")
     os.sched_setaffinity(0, rest)
     return cores
 
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "generator then runs on the others (default: both on every core)")
     common.add_results_option(p)
     args = p.parse_args(argv)
+    if args.server_cpus and not args.model:
+        raise SystemExit("--server-cpus pins the server this benchmark starts: give --model too")
     server_cpus = split_cores(args.server_cpus) if args.server_cpus else None
     images = load_images(args.images, max(args.requests * args.batch, 1))
     modes = {"batched": [], "unbatched": ["--no-batching"], "window-5ms": ["--batch-window-ms", "5"]}
