@@ -3,12 +3,12 @@
     python benchmarks/lookalikes.py --model C/grey --data C/test
 
 Two measurements:
-- fonts: every font the varied and colour-key generators draw from (`font_files` of
-  `0-9a-zA-Z`) draws each pair of `PAIRS` at FONT_SIZE; each glyph is cut to its ink and
-  resized to SHAPE x SHAPE. Printed: in how many fonts the two shapes overlap by more than
-  SAME_SHAPE (intersection over union), and the height ratio of the first to the second (a
-  lower-case letter drawn as its capital at about 0.75 of the height is told apart by scale
-  alone).
+- fonts: every font the varied generator draws from (`font_files` of `0-9a-zA-Z`) draws each
+  pair of `PAIRS`, compared as `caocrvfy.data.fonts` compares glyphs (cut to the ink, stretched
+  to one square). Printed: in how many fonts the two shapes overlap by more than SAME_SHAPE
+  (intersection over union), and the height ratio of the first to the second (a lower-case
+  letter drawn as its capital at about 0.75 of the height is told apart by scale alone). The
+  colour-key generator draws only from the fonts where no pair is alike (`distinct_fonts`).
 - readings (with --model and --data): the reader's full-match on the labelled folder exactly,
   and with look-alikes merged in steps (`MERGES`): what is left after the last step is error
   that no font explains.
@@ -23,15 +23,11 @@ import sys
 
 import common
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from caocrvfy.data.charset import DEFAULT_CHARSET_SPEC, parse_charset
-from caocrvfy.data.varied import font_files
+from caocrvfy.data.fonts import FONT_SIZE, SAME_SHAPE, distinct_fonts, font_files, ink, load_font, shape_overlap
 
 PAIRS = ("Il", "O0", "1l", "cC", "oO", "sS", "vV", "wW", "xX", "zZ")
-FONT_SIZE = 48  # pixels
-SHAPE = 32  # pixels a side, the glyphs' shapes are compared at
-SAME_SHAPE = 0.85  # intersection over union above which two glyphs count as one shape
 CASE_ALIKE = "cosvwxzpuk"  # lower-case letters whose capital is the same shape in most fonts
 MERGES = (  # (name, translation): each step merges what the step before it did, and more
     ("I=l", str.maketrans({"l": "I"})),
@@ -41,30 +37,13 @@ MERGES = (  # (name, translation): each step merges what the step before it did,
 )
 
 
-def ink(char: str, font: ImageFont.FreeTypeFont) -> np.ndarray:
-    """The glyph of `char` as a boolean array, cut to its ink."""
-    canvas = Image.new("L", (FONT_SIZE * 2, FONT_SIZE * 2), 0)
-    ImageDraw.Draw(canvas).text((FONT_SIZE // 2, FONT_SIZE // 4), char, font=font, fill=255)
-    pixels = np.asarray(canvas) > 127
-    rows, cols = np.nonzero(pixels)
-    return pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-
-
-def shape_overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two glyphs, each stretched to SHAPE x SHAPE."""
-    def shape(glyph):
-        return np.asarray(Image.fromarray(glyph.astype(np.uint8) * 255).resize((SHAPE, SHAPE))) > 127
-    a, b = shape(a), shape(b)
-    return float((a & b).sum() / max(1, (a | b).sum()))
-
-
 def font_pairs(charset: str = parse_charset(DEFAULT_CHARSET_SPEC)) -> list[dict]:
     fonts = font_files(charset)
     rows = []
     for first, second in PAIRS:
         overlaps, heights = [], []
         for path in fonts:
-            font = ImageFont.truetype(path, FONT_SIZE)
+            font = load_font(path, FONT_SIZE)
             a, b = ink(first, font), ink(second, font)
             overlaps.append(shape_overlap(a, b))
             heights.append(a.shape[0] / b.shape[0])
@@ -98,12 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.model) != bool(args.data):
         parser.error("--model and --data go together")
-    results = {"fonts": font_pairs()}
+    charset = parse_charset(DEFAULT_CHARSET_SPEC)
+    results = {"fonts": font_pairs(charset), "font_files": len(font_files(charset)),
+               "distinct_fonts": len(distinct_fonts(charset))}
     print(f"| pair | same shape (IoU > {SAME_SHAPE}) | median IoU | median height ratio |")
     print("| --- | ---: | ---: | ---: |")
     for row in results["fonts"]:
         print(f"| {row['pair']} | {row['same_shape']} of {row['fonts']} | {row['median_overlap']:.2f} | "
               f"{row['median_height_ratio']:.2f} |")
+    print(f"\n{results['distinct_fonts']} of {results['font_files']} fonts draw no two characters alike "
+          "(the colour-key generator's fonts)")
     if args.model:
         results["readings"] = readings = merged_readings(args.model, args.data)
         print(f"\n{args.model} on {args.data} ({readings['count']} images): exact {readings['exact']:.2%}"

@@ -15,7 +15,8 @@ from caocrvfy.cli import main as cli_main
 from caocrvfy.data.charset import output_columns
 from caocrvfy.data.folders import read_folder, unlabelled_set
 from caocrvfy.data.synthetic import CaptchaSpec, draw_arrays, generate
-from caocrvfy.data.varied import VariedDrawer, font_files, random_text
+from caocrvfy.data.fonts import font_files
+from caocrvfy.data.varied import VariedDrawer, random_text
 from caocrvfy.model_enhanced import build_model
 from caocrvfy.training import train
 from caocrvfy.training.pseudo_labels import LABELLED_SHARE, MIN_CONFIDENCE, LabelPool, threshold

@@ -5,6 +5,12 @@ and as many decoy characters in the other; every character gets its own shade of
 (`ColourKey.sample`), on a light background with grey noise lines, arcs and dots. The label is
 the kept characters in order. Drawn at the spec's width x height, in `drawing_pool` workers;
 unseeded, so not reproducible pixel for pixel.
+
+What a site keeps consistent, these keep readable: the fonts are those that draw no two of the
+characters alike (`fonts.distinct_fonts`: no `I` that is the `l` of the same font), and the
+glyph sizes vary less than a lower-case letter differs from its capital. With every font and a
+wider size range (before 2026-12-07), about 3 in 100 of these captchas could not be read by any
+reader (BENCHMARKS.md, "Arithmetic and colour-keyed captchas").
 """
 
 from __future__ import annotations
@@ -15,17 +21,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from caocrvfy.data.colour_keys import parse_pair
-from caocrvfy.data.varied import (
-    draw_noise,
-    font_files,
-    glyph_mask,
-    load_font,
-    place_glyphs,
-)
+from caocrvfy.data.fonts import distinct_fonts, load_font
+from caocrvfy.data.varied import draw_noise, glyph_mask, place_glyphs
 
 BACKGROUND_LEVELS = (228, 256)  # per channel: a faint tint, too pale for any key to match
 NOISE_GREYS = (120, 211)  # grey levels of the noise: no hue, and lighter than "black" matches
-GLYPH_HEIGHT = (0.55, 0.8)  # font size, of the image height
+GLYPH_HEIGHT = (0.62, 0.76)  # font size, of the image height: a narrower range than a lower-case letter is
+# of its capital (0.74-0.76 of the height for c o s v w x z), so that the case can be told by size
 MAX_ANGLE = 20.0  # degrees
 SPACING = (0.0, 0.25)  # of the mean glyph width: touching but not overlapping, so no colour hides another
 OTHER_FONT_SHARE = 0.3  # of the characters, drawn in another font than the image's
@@ -66,7 +68,7 @@ class ColourCaptchaDrawer:
     def __init__(self, charset: str, colour_key: str, most_decoys: int):
         self.charset, self.most_decoys = charset, max(1, most_decoys)
         self.keep, self.decoy = parse_pair(colour_key)
-        self.fonts = font_files(charset)
+        self.fonts = distinct_fonts(charset)
         self.rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
 
     def labels(self, min_length: int, max_length: int, count: int) -> list[str]:

@@ -1,11 +1,9 @@
 """Varied synthetic text images, the pretraining data of the base reader (`--style varied`).
 
 Real sites differ in what the `captcha` library keeps fixed, so each image draws its own:
-font (every installed font that has all the characters: matplotlib's DejaVu and STIX, the
-`captcha` library's DroidSansMono, and system fonts such as Debian's `fonts-liberation2`,
-`fonts-freefont-ttf` and `fonts-urw-base35`), glyph size, spacing and overlap, rotation,
-text and background colours and gradients, noise lines, arcs and dots, sine warping, blur and
-JPEG loss, and an image size and aspect ratio between about 70 x 24 and 200 x 60 (resized to the
+font (every installed font that has all the characters, `caocrvfy.data.fonts`), glyph size,
+spacing and overlap, rotation, text and background colours and gradients, noise lines, arcs
+and dots, sine warping, blur and JPEG loss, and an image size and aspect ratio between about 70 x 24 and 200 x 60 (resized to the
 model's input afterwards). One image in four comes from the `captcha` library with a random
 font instead.
 
@@ -15,13 +13,13 @@ Drawing happens in `drawing_pool` worker processes; `secrets`-free but unseeded,
 
 from __future__ import annotations
 
-import functools
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from caocrvfy.data.fonts import font_files, load_font
 
 STYLES = ("captcha", "varied")  # "captcha": the `captcha` library only, at the spec's size
 SITE_WIDTHS = (70, 200)  # pixels: the widths real captchas come in
@@ -29,45 +27,6 @@ SITE_ASPECTS = (2.0, 4.2)  # width / height
 SITE_HEIGHTS = (22, 64)
 CAPTCHA_LIBRARY_SHARE = 0.25  # of the images, drawn by the `captcha` library with a random font
 EXPRESSION_SHARE = 0.15  # of the labels, arithmetic such as 14+27=? when the character set allows
-_NOT_TEXT = ("LastResort", "STIXSiz", "STIXNonUni", "cmex", "cmsy", "cmmi", "Symbol", "D050000L", "Z003")
-SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
-
-
-def _font_dirs() -> list[Path]:
-    import captcha
-    import matplotlib
-
-    dirs = [Path(matplotlib.get_data_path()) / "fonts" / "ttf", Path(captcha.__file__).parent / "data"]
-    return dirs + [Path(d) for d in SYSTEM_FONT_DIRS]
-
-
-@functools.lru_cache(maxsize=None)
-def font_files(charset: str) -> tuple[str, ...]:
-    """Every installed font file that has a glyph for each character of `charset`; a file name
-    found twice (matplotlib's DejaVu and Debian's) counts once."""
-    from fontTools.ttLib import TTFont
-
-    found: dict[str, str] = {}
-    for folder in _font_dirs():
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() not in (".ttf", ".otf") or any(n in path.name for n in _NOT_TEXT):
-                continue
-            try:
-                cmap = TTFont(path, lazy=True, fontNumber=0).getBestCmap() or {}
-            except Exception:
-                continue
-            if all(ord(c) in cmap for c in charset):
-                found.setdefault(path.name, str(path))
-    if not found:
-        raise RuntimeError(f"no installed font draws all of {charset!r}; install fonts-dejavu-core")
-    return tuple(found.values())
-
-
-@functools.lru_cache(maxsize=512)
-def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size)
 
 
 def random_text(rng: np.random.Generator, charset: str, min_length: int, max_length: int) -> str:
