@@ -154,6 +154,9 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
     return [(i, min(chunk, count - i)) for i in range(0, count, chunk)]
 
 
+COLOUR_DRAWING = 2  # raised when the colour-key drawing changes, so that no cache of older drawings is topped up
+
+
 def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:
     """Where `caocrvfy train` caches the synthetic captchas of `spec` for `split` (train, val)."""
     key = hashlib.sha1(spec.charset.encode()).hexdigest()[:8]
@@ -161,7 +164,7 @@ def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:
     if spec.arithmetic:
         kind = f"arithmetic-{hashlib.sha1(spec.arithmetic.encode()).hexdigest()[:6]}-{kind}"
     if spec.colour_key:
-        kind = f"colour-{hashlib.sha1(spec.colour_key.encode()).hexdigest()[:6]}-{kind}"
+        kind = f"colour{COLOUR_DRAWING}-{hashlib.sha1(spec.colour_key.encode()).hexdigest()[:6]}-{kind}"
     return Path(cache_dir) / f"synthetic-{kind}{spec.length}x{len(spec.charset)}-{spec.width}x{spec.height}-{key}" / split
 
 
