@@ -37,7 +37,7 @@ MERGES = (  # (name, translation): each step merges what the step before it did,
 )
 
 
-def font_pairs(charset: str = parse_charset(DEFAULT_CHARSET_SPEC)) -> list[dict]:
+def font_pairs(charset: str) -> list[dict]:
     fonts = font_files(charset)
     rows = []
     for first, second in PAIRS:
