@@ -125,9 +125,11 @@ def score_caocrvfy(run: dict, test_dir: Path) -> None:
     for item in result["skipped"]:
         print(f"  caocrvfy skipped {item['file']}: {item['reason']}")
     run.update(full_match=result["full_match"], char_accuracy=result["char_accuracy"], count=result["count"],
-               right=round(result["full_match"] * result["count"]), skipped=result["skipped"])
+               right=round(result["full_match"] * result["count"]), skipped=result["skipped"], wrong=result["wrong"])
     print(f"[{run['name']}] test full-match {result['full_match']:.4f} ({run['right']}/{result['count']}), "
           f"char accuracy {result['char_accuracy']:.4f}, {run['seconds']:.0f} s training wall time", flush=True)
+    for item in result["wrong"]:
+        print(f"  wrong: {item['file']} {item['label']} read as {item['read']} ({item['confidence']:.4f})")
 
 
 # ---------------------------------------------------------------- ddddocr

@@ -203,6 +203,9 @@ def test_evaluate_folder_agrees_with_predictions(reader, generated_dir, images):
     assert result["full_match"] == pytest.approx(np.mean([t == p for t, p in zip(truths, texts)]))
     right = sum(a == b for t, p in zip(truths, texts) for a, b in zip(t, p))
     assert result["char_accuracy"] == pytest.approx(right / (3 * len(images)))
+    wrong = {p.name: (t, x) for p, t, x in zip(images, truths, texts) if t != x}
+    assert {w["file"]: (w["label"], w["read"]) for w in result["wrong"]} == wrong
+    assert [w["confidence"] for w in result["wrong"]] == sorted((w["confidence"] for w in result["wrong"]), reverse=True)
 
 
 def test_evaluate_folder_lists_unreadable_images(reader, generated_dir, tmp_path):

@@ -566,3 +566,12 @@ def test_a_failure_in_the_first_step_shows_what_was_caught(capfd, monkeypatch):
         os.write(2, f"{NATIVE}\n".encode())
         raise ValueError("the step failed")
     assert "DT_BOOL" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("val_size, decays", [(16, True), (24, False)])
+def test_the_default_schedule_decays_on_a_cosine_under_20_validation_images(tmp_path, make_config, val_size, decays):
+    # A handful of validation images cannot show a plateau: their loss is near 0 and noisy.
+    cfg = make_config(tmp_path / "run", val_size=val_size, epochs=3)
+    rates = [float(row["lr"]) for row in history_rows(train(cfg))]
+    assert (rates[-1] < 0.5 * cfg.learning_rate) is decays

@@ -6,11 +6,13 @@ and as many decoy characters in the other; every character gets its own shade of
 the kept characters in order. Drawn at the spec's width x height, in `drawing_pool` workers;
 unseeded, so not reproducible pixel for pixel.
 
-What a site keeps consistent, these keep readable: the fonts are those that draw no two of the
-characters alike (`fonts.distinct_fonts`: no `I` that is the `l` of the same font), and the
-glyph sizes vary less than a lower-case letter differs from its capital. With every font and a
-wider size range (before 2026-12-07), about 3 in 100 of these captchas could not be read by any
-reader (BENCHMARKS.md, "Arithmetic and colour-keyed captchas").
+What a site keeps consistent, these keep readable: each image is drawn in one font, one of
+those that draw no two of the characters alike (`fonts.distinct_fonts`: no `I` that is the `l`
+of the same font), and the glyph sizes vary less than a lower-case letter differs from its
+capital, so that the other characters give the case a scale. With every font and a wider size
+range (before 2026-12-07), about 3 in 100 of these captchas could not be read by any reader;
+with 30% of the characters in a second font (until 2026-12-07, afternoon), a `V` drawn in a
+smaller font was a `v` to the eye (BENCHMARKS.md, "Arithmetic and colour-keyed captchas").
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ GLYPH_HEIGHT = (0.62, 0.76)  # font size, of the image height: a narrower range 
 # of its capital (0.74-0.76 of the height for c o s v w x z), so that the case can be told by size
 MAX_ANGLE = 20.0  # degrees
 SPACING = (0.0, 0.25)  # of the mean glyph width: touching but not overlapping, so no colour hides another
-OTHER_FONT_SHARE = 0.3  # of the characters, drawn in another font than the image's
 
 
 def draw_keyed(label: str, decoys: str, rng: np.random.Generator, fonts: tuple[str, ...], keep, decoy,
@@ -44,12 +45,8 @@ def draw_keyed(label: str, decoys: str, rng: np.random.Generator, fonts: tuple[s
     kept_here = rng.permutation(len(label) + len(decoys)) < len(label)  # True: a kept character's place
     kept, others = iter(label), iter(decoys)
     chars = [(next(kept), keep) if is_kept else (next(others), decoy) for is_kept in kept_here]
-    font_path = fonts[int(rng.integers(len(fonts)))]
-    font_size = max(8, int(height * rng.uniform(*GLYPH_HEIGHT)))
-    glyphs = []
-    for char, _ in chars:
-        path = fonts[int(rng.integers(len(fonts)))] if rng.random() < OTHER_FONT_SHARE else font_path
-        glyphs.append(glyph_mask(char, load_font(path, font_size), rng.uniform(-MAX_ANGLE, MAX_ANGLE), 0.0))
+    font = load_font(fonts[int(rng.integers(len(fonts)))], max(8, int(height * rng.uniform(*GLYPH_HEIGHT))))
+    glyphs = [glyph_mask(char, font, rng.uniform(-MAX_ANGLE, MAX_ANGLE), 0.0) for char, _ in chars]
     for (glyph, at), (_, key) in zip(place_glyphs(glyphs, rng.uniform(*SPACING), width, height, rng), chars):
         canvas.paste(Image.new("RGB", glyph.size, key.sample(rng)), at, glyph)
 

@@ -154,7 +154,7 @@ def _chunks(count: int, workers: int) -> list[tuple[int, int]]:
     return [(i, min(chunk, count - i)) for i in range(0, count, chunk)]
 
 
-COLOUR_DRAWING = 2  # raised when the colour-key drawing changes, so that no cache of older drawings is topped up
+COLOUR_DRAWING = 3  # raised when the colour-key drawing changes, so that no cache of older drawings is topped up
 
 
 def cache_folder(cache_dir: str | Path, spec: CaptchaSpec, split: str) -> Path:

@@ -44,7 +44,11 @@ def read_labelled_folder(predictor: Predictor, folder: str | Path, ignore_case: 
 
 def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool = False,
                     constraint: Constraint | None = None) -> dict:
-    """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`)."""
-    records, _, skipped = read_labelled_folder(predictor, folder, ignore_case, constraint=constraint)
+    """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`), with
+    the skipped items and the wrong readings (file, label, reading, confidence; surest first)."""
+    records, paths, skipped = read_labelled_folder(predictor, folder, ignore_case, constraint=constraint)
+    wrong = sorted(({"file": path.name, "label": truth, "read": read, "confidence": round(float(confidence), 4)}
+                    for (truth, read, confidence), path in zip(records, paths) if truth != read),
+                   key=lambda w: -w["confidence"])
     return {"full_match": full_match(records), "char_accuracy": char_accuracy(records), "count": len(records),
-            "skipped": [{"file": n, "reason": r} for n, r in skipped]}
+            "skipped": [{"file": n, "reason": r} for n, r in skipped], "wrong": wrong}

@@ -25,7 +25,7 @@ from caocrvfy.training import batch_stats, distillation, interrupts, validation
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
                                       PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW, RunPlan,
-                                      TrainConfig, saved_config_json)
+                                      TrainConfig, rate_schedule, saved_config_json)
 from caocrvfy.training.datasets import TrainingData, load_data
 
 log = logging.getLogger(__name__)
@@ -280,12 +280,13 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     trained = state.get("trained_seconds", 0.0)
     budget = training_minutes(cfg, (time.monotonic() - started) / 60, trained / 60)
     schedule = [plateau]
-    if cfg.schedule == "cosine":
+    if rate_schedule(cfg.schedule, len(data.val[0])) == "cosine":
         schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, cfg.epochs,
                                       plan.steps_per_epoch, budget, already=trained)]
     keep_last = len(data.val[0]) < SELECT_EPOCH_FROM
     if keep_last:
-        log.info(f"{len(data.val[0])} validation images cannot tell epochs apart: the last epoch is kept")
+        log.info(f"{len(data.val[0])} validation images cannot tell epochs apart: the last epoch is kept"
+                 + (", and the rate decays on a cosine to the end" if cfg.schedule == "auto" else ""))
     checkpoints = cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
                                  best_epoch=state.get("best_epoch"), trained_seconds=trained, keep_last=keep_last)
     # Under a distribution strategy each replica keeps its own statistics: left as trained.
