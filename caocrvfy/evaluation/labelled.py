@@ -7,7 +7,7 @@ from pathlib import Path
 from caocrvfy.data.charset import fold_case
 from caocrvfy.data.folders import read_folder
 from caocrvfy.errors import DataError
-from caocrvfy.evaluation.scores import char_accuracy, full_match
+from caocrvfy.evaluation.scores import char_accuracy, full_match, surest_wrong
 from caocrvfy.inference.decoding import Constraint
 from caocrvfy.inference.predictor import PREDICT_BATCH, Predictor
 from caocrvfy.progress import Progress
@@ -47,8 +47,7 @@ def evaluate_folder(predictor: Predictor, folder: str | Path, ignore_case: bool 
     """Full-match and per-character accuracy on a labelled folder (labels as `read_folder`), with
     the skipped items and the wrong readings (file, label, reading, confidence; surest first)."""
     records, paths, skipped = read_labelled_folder(predictor, folder, ignore_case, constraint=constraint)
-    wrong = sorted(({"file": path.name, "label": truth, "read": read, "confidence": round(float(confidence), 4)}
-                    for (truth, read, confidence), path in zip(records, paths) if truth != read),
-                   key=lambda w: -w["confidence"])
+    wrong = [{"file": paths[i].name, "label": records[i][0], "read": records[i][1],
+              "confidence": round(float(records[i][2]), 4)} for i in surest_wrong(records, count=len(records))]
     return {"full_match": full_match(records), "char_accuracy": char_accuracy(records), "count": len(records),
             "skipped": [{"file": n, "reason": r} for n, r in skipped], "wrong": wrong}

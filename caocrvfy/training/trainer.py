@@ -279,14 +279,15 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     # The time limit counts the training of earlier runs of a resumed one.
     trained = state.get("trained_seconds", 0.0)
     budget = training_minutes(cfg, (time.monotonic() - started) / 60, trained / 60)
+    rate = rate_schedule(cfg.schedule, len(data.val[0]))
     schedule = [plateau]
-    if rate_schedule(cfg.schedule, len(data.val[0])) == "cosine":
+    if rate == "cosine":
         schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, cfg.epochs,
                                       plan.steps_per_epoch, budget, already=trained)]
     keep_last = len(data.val[0]) < SELECT_EPOCH_FROM
     if keep_last:
         log.info(f"{len(data.val[0])} validation images cannot tell epochs apart: the last epoch is kept"
-                 + (", and the rate decays on a cosine to the end" if cfg.schedule == "auto" else ""))
+                 + (", and the rate decays on a cosine to the end" if rate == "cosine" else ""))
     checkpoints = cb.Checkpoints(run_dir, early, plateau, best=state.get("best"), best_loss=state.get("best_loss"),
                                  best_epoch=state.get("best_epoch"), trained_seconds=trained, keep_last=keep_last)
     # Under a distribution strategy each replica keeps its own statistics: left as trained.
