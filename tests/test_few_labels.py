@@ -227,6 +227,39 @@ def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
     assert [p.text for p in callback.readings] == ["123"] * 3 and not callback.kept.any()  # what a trace reads
 
 
+def test_the_first_share_of_the_budget_trains_on_the_labelled_images_alone():
+    from caocrvfy.model_config import ModelConfig
+    from caocrvfy.training.pseudo_labels import LABELLED_FIRST, PseudoLabels
+    from caocrvfy.training.validation import PredictedValidation
+
+    config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
+
+    class ReadsRight:  # every reading "12", sure of it: the labels of all three images
+        def predict(self, images, batch_size, verbose):
+            out = np.full((len(images), 8, 5), 1e-6, np.float32)
+            out[:, np.arange(8), [2, 3] + [0] * 6] = 1.0
+            return out
+
+    images = np.zeros((3, 8, 32, 1), np.uint8)
+    labels = np.array([[1, 2]] * 3, np.int32)
+
+    def epoch_end(epoch, **budget):
+        pool = LabelPool(images, labels)
+        validation = PredictedValidation((images, labels), config)
+        callback = PseudoLabels(pool, images, validation, config, **budget)
+        for each in (validation, callback):
+            each.set_model(ReadsRight())
+        callback.on_train_begin()
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        return logs["pseudo_labels"], len(pool.pseudo_images)
+
+    assert epoch_end(0, epochs=10) == (0, 0)  # epoch 1 of 10: still the labelled images alone
+    assert epoch_end(int(LABELLED_FIRST * 10) - 1, epochs=10) == (3, 3)
+    assert epoch_end(5, minutes=10.0) == (0, 0)  # seconds into a 10-minute run
+    assert epoch_end(5, minutes=10.0, already=LABELLED_FIRST * 600 + 1) == (3, 3)  # resumed after the share
+
+
 @pytest.mark.parametrize("labels, widened", [
     (["ab12", "ba21"], "0123456789abcdefghijklmnopqrstuvwxyz"),  # lower case and digits: the base's of both
     (["AB", "CA"], "ABCDEFGHIJKLMNOPQRSTUVWXYZ"),

@@ -359,6 +359,29 @@ def test_config_from_args():
     assert (cfg.head, cfg.time_limit, cfg.charset, cfg.epochs) == ("sigmoid", 1.5, "0-9", TrainConfig().epochs)
 
 
+@pytest.mark.parametrize("options, limit", [
+    ([], 150),  # no time limit: the default count
+    (["--time-limit", "10"], "time"),  # the time limit alone ends the run
+    (["--time-limit", "10", "--epochs", "40"], 40),  # a count named wins
+    (["--epochs", "40"], 40),
+])
+def test_a_time_limit_with_no_epochs_named_is_not_cut_short_by_the_default_count(options, limit):
+    from caocrvfy.training.config import TIME_BOUND_EPOCHS, epoch_limit
+
+    assert epoch_limit(config_from_args(options)) == (TIME_BOUND_EPOCHS if limit == "time" else limit)
+
+
+def test_epochs_named_again_on_resume_count_under_its_time_limit(tmp_path):
+    from caocrvfy.training.config import TIME_BOUND_EPOCHS, epoch_limit
+
+    saved = TrainConfig(time_limit=10.0)  # the first run named no --epochs
+    config = {"version": 2, "model": ModelConfig().to_json(), "training": saved.to_json()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert epoch_limit(config_from_args(["--resume", str(tmp_path), "--epochs", "30"])) == 30
+    assert epoch_limit(config_from_args(["--resume", str(tmp_path), "--time-limit", "20"])) == TIME_BOUND_EPOCHS
+    assert epoch_limit(TrainConfig(time_limit=10.0, epochs=50)) == 50  # the Python API's count, given, counts
+
+
 # ---------------------------------------------------------------- labelled folders
 
 
@@ -489,7 +512,7 @@ def test_train_help(how, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     usage = result.stdout.split("\n", 1)[1] if how == "start_focal_training" else result.stdout
     assert usage.startswith("usage: caocrvfy train")
-    for option in ("--resume", "--time-limit", "--head", "(default 150)"):
+    for option in ("--resume", "--time-limit", "--head", "(default 150;"):
         assert option in result.stdout
 
 
@@ -498,7 +521,7 @@ def test_train_options_are_grouped_with_their_defaults():
 
     text = build_parser().format_help()
     flat = " ".join(text.split())
-    for option in ("--resume", "--time-limit", "--head", "--synthetic", "(default 150)", "(default 16,48,64,96)"):
+    for option in ("--resume", "--time-limit", "--head", "--synthetic", "(default 150;", "(default 16,48,64,96)"):
         assert option in flat
     assert re.findall(r"^(\w+):$", text, re.M) == ["options", "data", "model", "distillation", "optimisation", "output"]
     options = set(re.findall(r"^  (--[a-z-]+)", text, re.M)) - {"--help"}

@@ -309,9 +309,9 @@ class TimeLimit(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     """One line per epoch: losses, validation string metrics, rate and time. The rate is the one
     the epoch starts with (also logged as `lr`), and where warmup or a decay moved it within the
-    epoch, `first..last`."""
+    epoch, `first..last`. `epochs`: the run's count, None where the time limit ends it."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int | None):
         super().__init__()
         self.epochs = epochs
 
@@ -330,7 +330,7 @@ class EpochLog(keras.callbacks.Callback):
         last = current_lr(self.model)
         rate = f"{self.lr:.2e}" if math.isclose(last, self.lr, rel_tol=0.01) else f"{self.lr:.2e}..{last:.2e}"
         log.info(
-            f"epoch {epoch + 1:3d}/{self.epochs} loss={logs.get('loss', math.nan):.4f}{terms} "
+            f"epoch {epoch + 1:3d}{f'/{self.epochs}' if self.epochs else ''} loss={logs.get('loss', math.nan):.4f}{terms} "
             f"val_loss={logs.get('val_loss', math.nan):.4f} "
             f"full_match={logs.get('val_full_match', math.nan):.4f} "
             f"char_acc={logs.get('val_char_accuracy', math.nan):.4f} "

@@ -38,6 +38,8 @@ SMALL_SET_BELOW, SMALL_BATCH, BATCH = 2_000, 16, 64  # labelled images; batch si
 GPU_STEPS_PER_EXECUTION = 8  # 1.59x the stream-fed rate on an H100 (BENCHMARKS.md)
 PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau's cut
 MIN_LEARNING_RATE = 1e-6  # floor of the plateau cuts and of the cosine decay
+DEFAULT_EPOCHS = 150  # without --epochs and --time-limit
+TIME_BOUND_EPOCHS = 1_000_000  # fit's epochs when the time limit ends the run (`epoch_limit`)
 STREAM_MIN_CAPACITY = 200_000  # images the --synthetic stream ring buffer holds at least
 
 
@@ -79,7 +81,7 @@ class TrainConfig:
     distill_temperature: float = distillation.TEMPERATURE
     distill_weight: float = distillation.WEIGHT
     # optimisation
-    epochs: int = 150
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or under a time limit none (`epoch_limit`)
     batch_size: int | None = None  # None: SMALL_BATCH for small labelled sets, else BATCH
     learning_rate: float = DEFAULT_LEARNING_RATE
     warmup_epochs: float = 2.0
@@ -113,6 +115,16 @@ class TrainConfig:
         """From a saved "training" section; settings of older versions that no longer exist are dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def epoch_limit(cfg: TrainConfig) -> int:
+    """The epochs a run may train: --epochs when given, else DEFAULT_EPOCHS, or under
+    --time-limit as many as the time allows (with a count of 150 there, 200 labelled arithmetic
+    captchas of 2-second epochs stopped after 5 of 10 minutes, at 5e-4 of a cosine meant to
+    reach the floor at the limit)."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return TIME_BOUND_EPOCHS if cfg.time_limit else DEFAULT_EPOCHS
 
 
 def rate_schedule(schedule: str, validation_images: int) -> str:
@@ -247,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill-weight", type=float,
                    help=f"share of the teacher's term in the loss, the true labels' the rest (default {d.distill_weight})")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
+    g.add_argument("--epochs", type=int, help=f"(default {DEFAULT_EPOCHS}; none with --time-limit, which ends the run)")
     g.add_argument("--batch-size", type=int,
                    help=f"(default {BATCH}; {SMALL_BATCH} for fewer than {SMALL_SET_BELOW} labelled training images, "
                         "which need more, smaller steps)")

@@ -24,8 +24,9 @@ from caocrvfy.model_config import ModelConfig, load_model_config
 from caocrvfy.training import batch_stats, distillation, interrupts, validation
 from caocrvfy.training import callbacks as cb
 from caocrvfy.training.config import (AUGMENT_BELOW, BATCH, GPU_STEPS_PER_EXECUTION, MIN_LEARNING_RATE,
-                                      PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW, RunPlan,
-                                      TrainConfig, rate_schedule, saved_config_json)
+                                      PLATEAU_FACTOR, SELECT_EPOCH_FROM, SMALL_BATCH, SMALL_SET_BELOW,
+                                      TIME_BOUND_EPOCHS, RunPlan, TrainConfig, epoch_limit, rate_schedule,
+                                      saved_config_json)
 from caocrvfy.training.datasets import TrainingData, load_data
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def early_stopping_patience(cfg: TrainConfig, data: TrainingData) -> int:
     if cfg.data and cfg.time_limit and "patience" not in cfg.given and data.train_images < SMALL_SET_BELOW:
         log.info(f"{data.train_images} labelled training images and --time-limit {cfg.time_limit:g}: no early "
                  "stopping, the time limit ends the run")
-        return cfg.epochs
+        return epoch_limit(cfg)
     return cfg.patience
 
 
@@ -256,7 +257,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
              f"augmentation {'on' if plan.model.augment else 'off'}")
 
     head, classes = plan.model.head, plan.model.num_classes
-    pseudo = None
+    pool = None
     # Under a distribution strategy the compiled (greedy) figures are kept: no predict in fit.
     predicted = validation.PredictedValidation(data.val, plan.model, replace_logs=strategy is None)
     if data.stream:
@@ -264,7 +265,6 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         train_ds = StreamBatches(data.stream, head, classes, plan.batch_size, plan.steps_per_epoch)
     elif data.unlabelled is not None:
         pool = LabelPool(*data.train)
-        pseudo = PseudoLabels(pool, data.unlabelled, predicted, plan.model)
         train_ds = StreamBatches(pool, head, classes, plan.batch_size, plan.steps_per_epoch)
     else:
         train_ds = make_dataset(*data.train, head, classes, plan.batch_size, shuffle=True, seed=cfg.seed)
@@ -276,13 +276,16 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     plateau = cb.ResumableReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR, patience=cfg.plateau_patience,
                                             min_lr=MIN_LEARNING_RATE, state=state.get("plateau"))
     warmup_steps = int(cfg.warmup_epochs * plan.steps_per_epoch)
+    epochs = epoch_limit(cfg)
     # The time limit counts the training of earlier runs of a resumed one.
     trained = state.get("trained_seconds", 0.0)
     budget = training_minutes(cfg, (time.monotonic() - started) / 60, trained / 60)
+    pseudo = (PseudoLabels(pool, data.unlabelled, predicted, plan.model, minutes=budget, epochs=epochs, already=trained)
+              if pool is not None else None)
     rate = rate_schedule(cfg.schedule, len(data.val[0]))
     schedule = [plateau]
     if rate == "cosine":
-        schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, cfg.epochs,
+        schedule = [cb.CosineToBudget(cfg.learning_rate, MIN_LEARNING_RATE, warmup_steps, epochs,
                                       plan.steps_per_epoch, budget, already=trained)]
     keep_last = len(data.val[0]) < SELECT_EPOCH_FROM
     if keep_last:
@@ -301,7 +304,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
         *schedule,
         cb.TimeLimit(budget, already=trained),
         *([pseudo] if pseudo else []),
-        cb.EpochLog(cfg.epochs),
+        cb.EpochLog(None if epochs == TIME_BOUND_EPOCHS else epochs),
         early,
         cb.HistoryLogger(str(run_dir / "history.csv"), append=bool(state)),
         checkpoints,
@@ -310,7 +313,7 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     interrupted: KeyboardInterrupt | None = None
     try:
         with interrupts.unmasked(), cb.FirstStepLines() as first_step:
-            model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                       steps_per_epoch=plan.steps_per_epoch if data.stream or pseudo else None,
                       callbacks=[first_step, *callbacks], verbose=0, shuffle=False)  # the pipelines shuffle
         interrupts.raise_pending()  # one that came in the last epoch's save
