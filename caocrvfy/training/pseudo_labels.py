@@ -91,9 +91,11 @@ class PseudoLabels(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic() - self.already
-        wait = (f"{max(0.0, self.wait_seconds - self.already) / 60:.1f} min" if self.wait_seconds is not None
-                else f"{self.wait_epochs} epochs")
-        log.info(f"pseudo-labels: the first {wait} train on the labelled images alone")
+        if self.wait_seconds is not None and self.wait_seconds > self.already:
+            log.info(f"pseudo-labels: the next {(self.wait_seconds - self.already) / 60:.1f} min train on the "
+                     "labelled images alone")
+        elif self.wait_seconds is None and self.wait_epochs:
+            log.info(f"pseudo-labels: the first {self.wait_epochs} epochs train on the labelled images alone")
 
     def waiting(self, epoch: int) -> bool:
         """Whether the labelled images alone are still being trained on after `epoch` (from 0)."""
