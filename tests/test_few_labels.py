@@ -227,9 +227,9 @@ def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
     assert [p.text for p in callback.readings] == ["123"] * 3 and not callback.kept.any()  # what a trace reads
 
 
-def test_the_first_share_of_the_budget_trains_on_the_labelled_images_alone():
+def test_labelled_first_trains_that_share_of_the_budget_on_the_labelled_images_alone():
     from caocrvfy.model_config import ModelConfig
-    from caocrvfy.training.pseudo_labels import LABELLED_FIRST, PseudoLabels
+    from caocrvfy.training.pseudo_labels import PseudoLabels
     from caocrvfy.training.validation import PredictedValidation
 
     config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
@@ -243,10 +243,10 @@ def test_the_first_share_of_the_budget_trains_on_the_labelled_images_alone():
     images = np.zeros((3, 8, 32, 1), np.uint8)
     labels = np.array([[1, 2]] * 3, np.int32)
 
-    def epoch_end(epoch, **budget):
+    def epoch_end(epoch, share=0.3, **budget):
         pool = LabelPool(images, labels)
         validation = PredictedValidation((images, labels), config)
-        callback = PseudoLabels(pool, images, validation, config, **budget)
+        callback = PseudoLabels(pool, images, validation, config, labelled_first=share, **budget)
         for each in (validation, callback):
             each.set_model(ReadsRight())
         callback.on_train_begin()
@@ -255,9 +255,11 @@ def test_the_first_share_of_the_budget_trains_on_the_labelled_images_alone():
         return logs["pseudo_labels"], len(pool.pseudo_images)
 
     assert epoch_end(0, epochs=10) == (0, 0)  # epoch 1 of 10: still the labelled images alone
-    assert epoch_end(int(LABELLED_FIRST * 10) - 1, epochs=10) == (3, 3)
+    assert epoch_end(2, epochs=10) == (3, 3)  # epoch 3 of 10
     assert epoch_end(5, minutes=10.0) == (0, 0)  # seconds into a 10-minute run
-    assert epoch_end(5, minutes=10.0, already=LABELLED_FIRST * 600 + 1) == (3, 3)  # resumed after the share
+    assert epoch_end(5, minutes=10.0, already=0.3 * 600 + 1) == (3, 3)  # resumed after the share
+    assert epoch_end(0, share=0.0, epochs=10) == (3, 3)  # the default: readings from the first epoch
+    assert epoch_end(0, share=0.0, minutes=10.0) == (3, 3)
 
 
 @pytest.mark.parametrize("labels, widened", [

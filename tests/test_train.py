@@ -321,7 +321,8 @@ def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option", [["--conv-dropout", "1"], ["--time-limit", "0"], ["--filters", "8,0"],
-                                    ["--batch-size", "0"], ["--width", "0"], ["--val-fraction", "1.5"]])
+                                    ["--batch-size", "0"], ["--width", "0"], ["--val-fraction", "1.5"],
+                                    ["--labelled-first", "1"]])
 def test_settings_out_of_range_are_refused_by_name(option, capsys):
     with pytest.raises(SystemExit):
         config_from_args(option)
@@ -332,6 +333,7 @@ def test_settings_out_of_range_are_refused_by_name(option, capsys):
     (["--loss", "bogus"], "--loss: loss 'bogus'"), (["--loss", "dice"], "--loss dice needs per-position outputs"),
     (["--width", "40"], "--width 40 gives 5 CTC steps"), (["--charset", " "], "--charset is empty"),
     (["--resume", "RUN", "--learning-rate", "0.1"], "--resume keeps the run's settings"),
+    (["--labelled-first", "0.3"], "--labelled-first sets when the readings of --unlabelled"),
 ])
 def test_settings_that_cannot_work_are_refused_before_any_work(options, message, capsys, tmp_path):
     options = [str(tmp_path) if o == "RUN" else o for o in options]
@@ -525,7 +527,7 @@ def test_train_options_are_grouped_with_their_defaults():
         assert option in flat
     assert re.findall(r"^(\w+):$", text, re.M) == ["options", "data", "model", "distillation", "optimisation", "output"]
     options = set(re.findall(r"^  (--[a-z-]+)", text, re.M)) - {"--help"}
-    assert len(options) == 46  # 54 before the redesign; 37 after; --unlabelled, --style, --min-length, the 3 of distillation, --keep-colour, --colour-key, --bn-statistics since
+    assert len(options) == 47  # 54 before the redesign; 37 after; --unlabelled, --style, --min-length, the 3 of distillation, --keep-colour, --colour-key, --bn-statistics, --labelled-first since
 
 
 def _start_focal_training():

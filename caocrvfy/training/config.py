@@ -50,6 +50,7 @@ class TrainConfig:
     # data
     data: str | None = None
     unlabelled: str | None = None
+    labelled_first: float = 0.0  # share of the budget on the labelled images alone (pseudo_labels.PseudoLabels)
     charset: str | None = None
     length: int = _MODEL.max_length
     min_length: int | None = None  # None: synthetic labels all have --length characters
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unlabelled", help="folder of unlabelled images of the same kind, for --data: the model's "
                                         "confident readings of them are trained on, refreshed as it improves "
                                         "(labelled files in it are left out)")
+    g.add_argument("--labelled-first", type=float, metavar="SHARE",
+                   help=f"with --unlabelled: the share of the training budget (--time-limit, else the epochs) "
+                        f"trained on the labelled images alone before any reading is (default {d.labelled_first:g}: "
+                        "from the first epoch). 0.3 helps where the start model misreads a character that the "
+                        "labels hold often (arithmetic from 200 labels), and hurt with 25 labels (BENCHMARKS.md)")
     g.add_argument("--charset", help=f"characters, ranges allowed (default: {DEFAULT_CHARSET_SPEC} for synthetic, "
                                      "inferred from the labels for --data)")
     g.add_argument("--length", type=int, help=f"synthetic captcha length, the longest with --min-length "
@@ -297,7 +303,7 @@ RANGES = {  # setting: (lowest, highest, whether the lowest is allowed)
     "length": (1, None, True), "min_length": (1, None, True), "width": (1, None, True), "height": (1, None, True),
     "train_size": (1, None, True), "val_size": (1, None, True), "val_fraction": (0.0, 1.0, False),
     "dense_units": (1, None, True), "rnn_units": (1, None, True), "conv_dropout": (0.0, 0.95, True),
-    "head_dropout": (0.0, 0.95, True), "epochs": (1, None, True), "batch_size": (1, None, True),
+    "head_dropout": (0.0, 0.95, True), "labelled_first": (0.0, 0.9, True), "epochs": (1, None, True), "batch_size": (1, None, True),
     "learning_rate": (0.0, None, False), "warmup_epochs": (0.0, None, True), "time_limit": (0.0, None, False),
     "patience": (1, None, True), "plateau_patience": (1, None, True),
     "distill_temperature": (0.0, None, False), "distill_weight": (0.0, 1.0, True),
@@ -370,6 +376,9 @@ def check_choices(parser: argparse.ArgumentParser, cfg: TrainConfig) -> None:
                      f"not --head {cfg.head}")
     if cfg.unlabelled and not cfg.data:
         parser.error("--unlabelled needs --data: the labelled images calibrate which readings are trusted")
+    if cfg.labelled_first and not cfg.unlabelled:
+        parser.error("--labelled-first sets when the readings of --unlabelled images join the training: give "
+                     "--unlabelled DIR too")
     if cfg.min_length is not None and cfg.min_length > cfg.length:
         parser.error(f"--min-length {cfg.min_length} is above --length {cfg.length}: the longest label comes last")
     if cfg.charset is not None and not cfg.charset.strip():

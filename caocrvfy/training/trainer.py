@@ -280,8 +280,8 @@ def _run(cfg: TrainConfig, plan: RunPlan, data: TrainingData, checkpoint: cb.Che
     # The time limit counts the training of earlier runs of a resumed one.
     trained = state.get("trained_seconds", 0.0)
     budget = training_minutes(cfg, (time.monotonic() - started) / 60, trained / 60)
-    pseudo = (PseudoLabels(pool, data.unlabelled, predicted, plan.model, minutes=budget, epochs=epochs, already=trained)
-              if pool is not None else None)
+    pseudo = (PseudoLabels(pool, data.unlabelled, predicted, plan.model, cfg.labelled_first, minutes=budget,
+                           epochs=epochs, already=trained) if pool is not None else None)
     rate = rate_schedule(cfg.schedule, len(data.val[0]))
     schedule = [plateau]
     if rate == "cosine":
