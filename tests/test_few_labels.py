@@ -197,29 +197,30 @@ def test_predict_writes_a_labels_csv_most_doubtful_first(tmp_path, trained_run, 
     assert len(back.paths) == 6
 
 
+class ReadsAs:
+    """A stand-in model for a CTC reader of `0123` over 8 steps whose output reads `text` for
+    every image, sure of it."""
+
+    def __init__(self, text: str, steps: int = 8):
+        self.output = np.full((steps, 5), 1e-6, np.float32)
+        self.output[np.arange(steps), [1 + int(c) for c in text] + [0] * (steps - len(text))] = 1.0
+
+    def predict(self, images, batch_size, verbose):
+        return np.stack([self.output for _ in images])
+
+
 def test_readings_longer_than_the_labels_are_wrong_and_never_trained_on():
     from caocrvfy.model_config import ModelConfig
     from caocrvfy.training.pseudo_labels import PseudoLabels
     from caocrvfy.training.validation import PredictedValidation
 
     config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
-
-    def outputs_reading(text: str, steps: int = 8) -> np.ndarray:
-        out = np.full((steps, 5), 1e-6, np.float32)
-        path = [1 + int(c) for c in text] + [0] * (steps - len(text))
-        out[np.arange(steps), path] = 1.0
-        return out
-
-    class Reads:  # a model whose output reads "123" for every image: longer than any label
-        def predict(self, images, batch_size, verbose):
-            return np.stack([outputs_reading("123") for _ in images])
-
     images = np.zeros((3, 8, 32, 1), np.uint8)
     pool = LabelPool(images, np.array([[2, 3]] * 3, np.int32))
     validation = PredictedValidation((images, np.array([[2, 3]] * 3, np.int32)), config)
     callback = PseudoLabels(pool, images, validation, config)
     for each in (validation, callback):  # as fit sets the model of every callback
-        each.set_model(Reads())
+        each.set_model(ReadsAs("123"))  # longer than any label
     logs = {}
     callback.on_epoch_end(0, logs)
     assert logs["pseudo_labels"] == 0 and len(pool.pseudo_images) == 0
@@ -233,13 +234,6 @@ def test_labelled_first_trains_that_share_of_the_budget_on_the_labelled_images_a
     from caocrvfy.training.validation import PredictedValidation
 
     config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
-
-    class ReadsRight:  # every reading "12", sure of it: the labels of all three images
-        def predict(self, images, batch_size, verbose):
-            out = np.full((len(images), 8, 5), 1e-6, np.float32)
-            out[:, np.arange(8), [2, 3] + [0] * 6] = 1.0
-            return out
-
     images = np.zeros((3, 8, 32, 1), np.uint8)
     labels = np.array([[1, 2]] * 3, np.int32)
 
@@ -248,7 +242,7 @@ def test_labelled_first_trains_that_share_of_the_budget_on_the_labelled_images_a
         validation = PredictedValidation((images, labels), config)
         callback = PseudoLabels(pool, images, validation, config, labelled_first=share, **budget)
         for each in (validation, callback):
-            each.set_model(ReadsRight())
+            each.set_model(ReadsAs("12"))  # the labels of all three images
         callback.on_train_begin()
         logs = {}
         callback.on_epoch_end(epoch, logs)
