@@ -123,6 +123,34 @@ def test_the_pool_mixes_labelled_and_pseudo_labelled_images():
     share = float((y[:, 0] == 1).mean())
     assert abs(share - LABELLED_SHARE) < 0.05  # labelled images keep their share against 100x more
     assert ((x[:, 0, 0, 0] == 7) == (y[:, 0] == 2)).all()  # each image with its own label
+    pool.weight = 0.0  # the ramp's start: the labelled images alone
+    assert (pool.sample(rng, 400)[1] == 1).all()
+    pool.weight = 0.5
+    pseudo = float((pool.sample(rng, 4000)[1][:, 0] == 2).mean())
+    assert abs(pseudo - 0.5 * (1 - LABELLED_SHARE)) < 0.05  # half of their full share
+
+
+def test_the_readings_share_of_a_batch_grows_with_the_budget_spent():
+    from caocrvfy.model_config import ModelConfig
+    from caocrvfy.training.config import RAMP_SHARE
+    from caocrvfy.training.pseudo_labels import PseudoLabels
+    from caocrvfy.training.validation import PredictedValidation
+
+    config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
+    images = np.zeros((3, 8, 32, 1), np.uint8)
+    labels = np.array([[1, 2]] * 3, np.int32)
+    pool = LabelPool(images, labels)
+    validation = PredictedValidation((images, labels), config)
+    callback = PseudoLabels(pool, images, validation, config, epochs=100)
+    for each in (validation, callback):
+        each.set_model(ReadsAs("12"))
+    callback.on_train_begin()
+    assert pool.weight == 0.0
+    ramp = int(RAMP_SHARE * 100)  # epochs of 100 over which the share grows
+    for epoch, weight in [(0, 1 / ramp), (ramp // 2 - 1, 0.5), (ramp - 1, 1.0), (99, 1.0)]:
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        assert pool.weight == pytest.approx(weight) and logs["pseudo_weight"] == pytest.approx(weight)
 
 
 @pytest.fixture

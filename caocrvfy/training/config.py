@@ -40,6 +40,7 @@ PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau's cut
 MIN_LEARNING_RATE = 1e-6  # floor of the plateau cuts and of the cosine decay
 DEFAULT_EPOCHS = 150  # without --epochs and --time-limit
 TIME_BOUND_EPOCHS = 1_000_000  # fit's epochs when the time limit ends the run (`epoch_limit`)
+RAMP_SHARE = 0.3  # of the budget over which --unlabelled readings grow from none to their full share of a batch
 STREAM_MIN_CAPACITY = 200_000  # images the --synthetic stream ring buffer holds at least
 
 
@@ -195,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(labelled files in it are left out)")
     g.add_argument("--labelled-first", type=float, metavar="SHARE",
                    help=f"with --unlabelled: the share of the training budget (--time-limit, else the epochs) "
-                        f"trained on the labelled images alone before any reading is (default {d.labelled_first:g}: "
-                        "from the first epoch). 0.3 helps where the start model misreads a character that the "
-                        "labels hold often (arithmetic from 200 labels), and hurt with 25 labels (BENCHMARKS.md)")
+                        f"trained on the labelled images alone before any reading is (default {d.labelled_first:g}; "
+                        f"the readings' share of each batch grows from none over the first "
+                        f"{RAMP_SHARE * 100:.0f}%% of the budget in any case)")
     g.add_argument("--charset", help=f"characters, ranges allowed (default: {DEFAULT_CHARSET_SPEC} for synthetic, "
                                      "inferred from the labels for --data)")
     g.add_argument("--length", type=int, help=f"synthetic captcha length, the longest with --min-length "
