@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from caocrvfy.cli import main as cli_main
-from caocrvfy.data.charset import output_columns
+from caocrvfy.data.charset import encode_labels, output_columns
 from caocrvfy.data.folders import read_folder, unlabelled_set
 from caocrvfy.data.synthetic import CaptchaSpec, draw_arrays, generate
 from caocrvfy.data.fonts import font_files
@@ -138,7 +138,7 @@ def test_the_readings_share_of_a_batch_grows_with_the_budget_spent():
 
     config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
     images = np.zeros((3, 8, 32, 1), np.uint8)
-    labels = np.array([[1, 2]] * 3, np.int32)
+    labels = encode_labels(["12"] * 3, "0123", 2)  # what ReadsAs("12") reads
     pool = LabelPool(images, labels)
     validation = PredictedValidation((images, labels), config)
     callback = PseudoLabels(pool, images, validation, config, epochs=100)
@@ -263,14 +263,14 @@ def test_labelled_first_trains_that_share_of_the_budget_on_the_labelled_images_a
 
     config = ModelConfig(charset="0123", max_length=2, fixed_length=False, height=8, width=32)
     images = np.zeros((3, 8, 32, 1), np.uint8)
-    labels = np.array([[1, 2]] * 3, np.int32)
+    labels = encode_labels(["12"] * 3, "0123", 2)  # what ReadsAs("12") reads
 
     def epoch_end(epoch, share=0.3, **budget):
         pool = LabelPool(images, labels)
         validation = PredictedValidation((images, labels), config)
         callback = PseudoLabels(pool, images, validation, config, labelled_first=share, **budget)
         for each in (validation, callback):
-            each.set_model(ReadsAs("12"))  # the labels of all three images
+            each.set_model(ReadsAs("12"))
         callback.on_train_begin()
         logs = {}
         callback.on_epoch_end(epoch, logs)

@@ -99,8 +99,8 @@ class PseudoLabels(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic() - self.already
-        self.pool.weight = min(1.0, self.spent(-1) / RAMP_SHARE)
-        if self.labelled_first > self.spent(-1):
+        self.pool.weight = self.ramp(-1)
+        if self.waiting(-1):
             log.info(f"pseudo-labels: the labelled images alone until {self.labelled_first:.0%} of the budget")
 
     def spent(self, epoch: int) -> float:
@@ -113,9 +113,13 @@ class PseudoLabels(keras.callbacks.Callback):
         """Whether the labelled images alone are still being trained on after `epoch` (from 0)."""
         return self.spent(epoch) < self.labelled_first
 
+    def ramp(self, epoch: int) -> float:
+        """The readings' weight in each batch after `epoch`: the share of `RAMP_SHARE` spent."""
+        return min(1.0, self.spent(epoch) / RAMP_SHARE)
+
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
-        self.pool.weight = min(1.0, self.spent(epoch) / RAMP_SHARE)
+        self.pool.weight = self.ramp(epoch)
         if not self.waiting(epoch) and self._last_cost <= REFRESH_SHARE * (now - self._since):
             read = self.validation.readings()
             correct = np.array([p.text == truth for p, truth in zip(read, self.validation.truths)])
