@@ -60,9 +60,8 @@ def _generate(args) -> int:
 
 
 def _predict(args) -> int:
-    from caocrvfy.errors import DataError
     from caocrvfy.inference import Predictor, expand_inputs
-    from caocrvfy.inference.arithmetic import solve
+    from caocrvfy.inference.arithmetic import answer_or_error
 
     reader = Predictor.load(args.model, keep_colour=args.keep_colour)
     constraint = constraint_of(args, reader)
@@ -83,12 +82,10 @@ def _predict(args) -> int:
             continue
         line = {"file": str(path), "text": prediction.text}
         if args.solve:
-            try:
-                line["answer"] = solve(prediction.text)
-            except DataError as exc:  # this image only: the batch goes on
+            line |= answer_or_error(prediction.text)
+            if "error" in line:  # this image only: the batch goes on
                 failures += 1
-                line["error"] = str(exc)
-                log.error(f"{path}: the reading {exc}; no answer")
+                log.error(f"{path}: {line['error']}")
         line["confidence"] = round(prediction.confidence, 6)
         if args.json:
             print(json.dumps(line))
@@ -133,11 +130,13 @@ def charset_option(text: str, option: str) -> str:
 
 def constraint_of(args, reader):
     """The --length, --min-length, --max-length and --allowed options as a Constraint (or None),
-    checked against the model before any image is read."""
+    checked against the model before any image is read; with --solve a CTC model reads the best
+    expression (a reading `solve` answers) where its free reading is none."""
     from caocrvfy.inference.decoding import Constraint
 
     allowed = charset_option(args.allowed, "--allowed") if args.allowed is not None else None
-    constraint = Constraint.of(args.length, args.min_length, args.max_length, allowed)
+    constraint = Constraint.of(args.length, args.min_length, args.max_length, allowed,
+                               expression=getattr(args, "solve", False))
     if constraint is not None:
         reader.check(constraint)
     return constraint
@@ -370,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH,
                    help=f"images per model call (default {PREDICT_BATCH})")
     g.add_argument("--solve", action="store_true",
-                   help="arithmetic captchas: also print the answer of each reading (14+27=? -> 41); a reading "
-                        "that is not an expression gets an error on its line and the others go on")
+                   help="arithmetic captchas: also print the answer of each reading (14+27=? -> 41); a CTC model "
+                        "reads the most probable expression where its free reading is none; a reading that is "
+                        "still not an expression gets an error on its line and the others go on")
     g.add_argument("--labels-csv", metavar="OUT",
                    help="also write the readings as a labels.csv (file,label,confidence), most doubtful first, "
                         "to correct by hand and train on with --data")
@@ -385,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print full_match, char_accuracy and count as JSON (with --report: every report figure)")
     g.add_argument("--report", metavar="OUT", help="write OUT/report.md with figures on what the model gets wrong")
     g.add_argument("--solve", action="store_true",
-                   help="arithmetic captchas: score the answers of the readings against each label's answer (a "
-                        "label is the expression, 14+27=?, or the answer, 41)")
+                   help="arithmetic captchas: score the answers of the readings (read as with predict --solve) "
+                        "against each label's answer (a label is the expression, 14+27=?, or the answer, 41)")
     g.set_defaults(func=_evaluate)
 
     g = sub.add_parser("export", parents=[common], help="export a model as SavedModel, ONNX or TFLite (see docs/export.md)")

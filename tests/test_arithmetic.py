@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from caocrvfy.cli import main as cli_main
-from caocrvfy.inference.arithmetic import ExpressionError, solve, solve_exact
+from caocrvfy.inference.arithmetic import ExpressionError, expression_automaton, solve, solve_exact
 
 
 @pytest.mark.parametrize("text, answer", [
@@ -106,3 +106,21 @@ def test_generate_arithmetic_labels_in_labels_csv_and_tops_up(tmp_path):
     assert found.charset == "".join(sorted("0123456789+x/="))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arithmetic"] == "1-9 +x/ =" and manifest["min_length"] == 4 and manifest["length"] == 4
+
+
+def test_the_expression_automaton_accepts_what_solve_answers_with_an_operator():
+    import itertools
+
+    charset = "10+x=?a"
+    delta, accepting = expression_automaton(charset)
+    for n in range(7):
+        for chars in itertools.product(charset, repeat=n):
+            text, state = "".join(chars), 0
+            for char in text:
+                state = int(delta[state, charset.index(char)]) if state >= 0 else -1
+            try:
+                solve(text)
+                answered = any(op in text for op in "+x")
+            except ExpressionError:
+                answered = False
+            assert (state >= 0 and bool(accepting[state])) == answered, text

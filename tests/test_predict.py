@@ -11,7 +11,7 @@ from caocrvfy.cli import main as cli_main
 from caocrvfy.errors import DataError
 from caocrvfy.evaluation import evaluate_folder
 from caocrvfy.inference import Predictor, expand_inputs
-from caocrvfy.inference.ctc import ctc_best_path, ctc_label_probability
+from caocrvfy.inference.ctc import ctc_best_path, ctc_best_path_accepted, ctc_label_probability
 from caocrvfy.inference.decoding import decode_outputs
 
 CHARSET = "0123456789"
@@ -320,6 +320,50 @@ def test_constrained_best_path_matches_brute_force(low, high, allowed):
     expected = brute_force_best(probs, keep)
     found = ctc_best_path(probs, low, high, mask)
     assert (None if found is None else list(found)) == expected
+
+
+@pytest.mark.parametrize("low, high, allowed, seed", [
+    (0, None, None, 0), (0, None, None, 1), (0, None, None, 2), (3, None, None, 3), (0, 3, None, 4),
+    (4, 4, None, 5), (0, None, [True, True, False, True], 6), (6, None, None, 7),
+])
+def test_the_best_expression_path_matches_brute_force(low, high, allowed, seed):
+    from caocrvfy.inference.arithmetic import ExpressionError, expression_automaton, solve
+    from caocrvfy.inference.decoding import _restricted
+
+    charset = "1+=?"
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(5) * 0.7, size=5)  # blank + 4 classes, 5 steps: 3,125 paths
+    mask = None if allowed is None else np.array(allowed)
+
+    def keep(merged):
+        text = "".join(charset[c - 1] for c in merged)
+        if not (low <= len(merged) <= (high if high is not None else 99)) or "+" not in text or (
+                mask is not None and not all(mask[c - 1] for c in merged)):
+            return False
+        try:
+            solve(text)
+        except ExpressionError:
+            return False
+        return True
+
+    expected = brute_force_best(probs, keep)
+    found = ctc_best_path_accepted(probs, *_restricted(expression_automaton(charset), mask, low, high, len(probs)))
+    assert (None if found is None else list(found)) == expected
+
+
+def test_solving_reads_the_best_expression_when_the_free_reading_is_not_one():
+    from caocrvfy.inference.decoding import Constraint
+
+    steps = [1, 0, 3, 0, 1, 0, 4, 0]  # greedy reads "1=1?": not an expression
+    out = np.full((1, len(steps), 5), 0.02, np.float32)
+    out[0, np.arange(len(steps)), steps] = 0.92
+    out[0, 2] = [0.02, 0.02, 0.44, 0.5, 0.02]  # "+" a close second to "="
+    assert decode_outputs(out, "ctc", "1+=?")[0].text == "1=1?"
+    assert decode_outputs(out, "ctc", "1+=?", constraint=Constraint.of(expression=True))[0].text == "1+1?"
+    out[0, 2] = [0.02, 0.5, 0.44, 0.02, 0.02]  # greedy "111?": a number, no expression
+    assert decode_outputs(out, "ctc", "1+=?", constraint=Constraint.of(expression=True))[0].text == "1+1?"
+    out[0, 2] = [0.02, 0.02, 0.5, 0.44, 0.02]  # greedy "1+1?", an expression: kept
+    assert decode_outputs(out, "ctc", "1+=?", constraint=Constraint.of(expression=True))[0].text == "1+1?"
 
 
 def test_the_constraint_changes_only_readings_that_break_it():

@@ -449,9 +449,18 @@ def test_a_request_can_hold_readings_to_an_alphabet(client, pngs):
     assert [p["text"] for p in client.post("/predict", files=files).json()["predictions"]] == [p["text"] for p in free]
 
 
+def test_a_request_can_ask_for_the_answers_of_arithmetic_readings(client, pngs):
+    files = [("file", ("a.png", pngs[0], "image/png")), ("file", ("b.png", pngs[1], "image/png"))]
+    solved = client.post("/predict?solve=1", files=files).json()["predictions"]
+    # The tiny model reads three digits: a bare number, which is its own answer.
+    assert [p["answer"] for p in solved] == [str(int(p["text"])) for p in solved]
+    assert all("answer" not in p for p in client.post("/predict?solve=0", files=files).json()["predictions"])
+
+
 @pytest.mark.parametrize("query, message", [("length=x", "whole number"), ("allowed=AB", "not in the model's"),
                                             ("lenght=3", "unknown query parameter"), ("length=4", "exactly 3"),
-                                            ("min_length=3&max_length=2", "longer than")])
+                                            ("min_length=3&max_length=2", "longer than"),
+                                            ("solve=maybe", "solve must be")])
 def test_a_bad_constraint_is_a_400_naming_it(client, pngs, query, message):
     response = client.post(f"/predict?{query}", files=[("file", ("a.png", pngs[0], "image/png"))])
     assert response.status_code == 400 and message in response.json()["error"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+import numpy as np
+
 from caocrvfy.errors import DataError
 
 MULTIPLY, DIVIDE, ADD, SUBTRACT = "x X * ×", "/ ÷", "+", "-"
@@ -74,6 +76,36 @@ def answer_text(value: Fraction) -> str:
     return f"{float(value):.6f}".rstrip("0").rstrip(".")
 
 
+def expression_automaton(charset: str) -> tuple[np.ndarray, np.ndarray]:
+    """What `solve` accepts from a reader that does not read spaces, as a finite automaton over
+    the classes of `charset` (for `ctc_best_path_accepted`): numbers alternating with operators,
+    at least one operator, then `=`, `=?`, `?` or nothing. Returns (delta, accepting); a bare
+    number, which `solve` takes as an answer, is not accepted: a captcha shows an expression."""
+    start, first_number, operator, number, equals, question = range(6)
+    delta = np.full((6, len(charset)), -1, np.int64)
+    for c, char in enumerate(charset):
+        if char.isdigit():
+            delta[[start, first_number, operator, number], c] = [first_number, first_number, number, number]
+        elif char in OPERATOR_CHARS:
+            delta[[first_number, number], c] = operator
+        elif char == "=":
+            delta[number, c] = equals
+        elif char == "?":
+            delta[[number, equals], c] = question
+    accepting = np.zeros(6, bool)
+    accepting[[number, equals, question]] = True
+    return delta, accepting
+
+
 def solve(text: str) -> str:
     """The answer a site wants for the expression `text` (`14+27=?` -> `41`)."""
     return answer_text(solve_exact(text))
+
+
+def answer_or_error(text: str) -> dict:
+    """{"answer": ...} for a reading that is an expression, else {"error": why it has none}: one
+    image's entry in a batch that goes on (`predict --solve`, `serve` with `?solve=1`)."""
+    try:
+        return {"answer": solve(text)}
+    except ExpressionError as exc:
+        return {"error": f"the reading {exc}; no answer"}

@@ -101,3 +101,55 @@ def ctc_best_path(probs: np.ndarray, min_length: int = 0, max_length: int | None
         k, s = back[t, k, s]
         path.append(int(s))
     return ctc_collapse(np.array(path[::-1]))
+
+
+def ctc_best_path_accepted(probs: np.ndarray, delta: np.ndarray, accepting: np.ndarray) -> np.ndarray | None:
+    """The most probable CTC path whose reading a finite automaton accepts: `delta[q, c]` is the
+    state after reading class c + 1 in state q (-1: not allowed there), the start state is 0 and
+    `accepting[q]` says whether a reading may end in q. Viterbi over the automaton's state and
+    the last symbol, as `ctc_best_path` over the count; its 1-based classes, or None when no path
+    is accepted."""
+    steps, symbols = probs.shape
+    states = len(delta)
+    logp = np.log(np.clip(probs, 1e-30, 1.0))
+    chars = np.arange(1, symbols)
+    # score[q, s]: best log probability of a prefix that leaves the automaton in q with last
+    # symbol s (0 = blank); back[t, q, s] = the (q, s) it came from.
+    score = np.full((states, symbols), -np.inf)
+    score[0, 0] = logp[0, 0]
+    reachable = delta[0] >= 0
+    score[delta[0][reachable], chars[reachable]] = logp[0, chars[reachable]]
+    back = np.zeros((steps, states, symbols, 2), np.int64)
+    for t in range(1, steps):
+        # A blank or a repeat of the last character keeps the state.
+        from_any = score.argmax(1)
+        new = np.full_like(score, -np.inf)
+        new[:, 0] = score[np.arange(states), from_any] + logp[t, 0]
+        back[t, :, 0, 0], back[t, :, 0, 1] = np.arange(states), from_any
+        new[:, 1:] = score[:, 1:] + logp[t, 1:]
+        back[t, :, 1:, 0] = np.arange(states)[:, None]
+        back[t, :, 1:, 1] = chars[None, :]
+        # A new character (after a blank or another character) moves along the automaton.
+        for q in range(states):
+            row = score[q]
+            first = int(row.argmax())
+            if not np.isfinite(row[first]):
+                continue
+            masked = row.copy()
+            masked[first] = -np.inf
+            best_prev = np.where(chars == first, int(masked.argmax()), first)
+            moved = row[best_prev] + logp[t, 1:]
+            targets = delta[q]
+            for c in np.flatnonzero((targets >= 0) & (moved > new[targets, chars])):
+                new[targets[c], c + 1] = moved[c]
+                back[t, targets[c], c + 1] = (q, best_prev[c])
+        score = new
+    ends = np.where(np.asarray(accepting, bool)[:, None], score, -np.inf)
+    if not np.isfinite(ends).any():
+        return None
+    q, s = np.unravel_index(int(ends.argmax()), ends.shape)
+    path = [int(s)]
+    for t in range(steps - 1, 0, -1):
+        q, s = back[t, q, s]
+        path.append(int(s))
+    return ctc_collapse(np.array(path[::-1]))

@@ -8,7 +8,8 @@ import numpy as np
 
 from caocrvfy.data.charset import decode_indices
 from caocrvfy.errors import DataError
-from caocrvfy.inference.ctc import ctc_best_path, ctc_collapse, ctc_label_probability
+from caocrvfy.inference.arithmetic import expression_automaton
+from caocrvfy.inference.ctc import ctc_best_path, ctc_best_path_accepted, ctc_collapse, ctc_label_probability
 
 
 @dataclass
@@ -19,18 +20,20 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Constraint:
-    """What a site allows a reading to be: its length (`min_length` to `max_length`, either open)
-    and its characters (`allowed`; None: the model's whole set). CTC models read the best path
-    that meets it, not a cut of the free reading; per-position heads pick the best allowed class
-    at each position (their length is the model's)."""
+    """What a site allows a reading to be: its length (`min_length` to `max_length`, either open),
+    its characters (`allowed`; None: the model's whole set) and, with `expression`, an arithmetic
+    expression that `solve` answers (`expression_automaton`). CTC models read the best path that
+    meets it, not a cut of the free reading; per-position heads pick the best allowed class at
+    each position (their length is the model's; `expression` does not bind them)."""
 
     min_length: int | None = None
     max_length: int | None = None
     allowed: str | None = None
+    expression: bool = False
 
     @classmethod
     def of(cls, length: int | None = None, min_length: int | None = None, max_length: int | None = None,
-           allowed: str | None = None) -> "Constraint | None":
+           allowed: str | None = None, expression: bool = False) -> "Constraint | None":
         """From the command line's or a request's fields (`length` sets both bounds); None when
         nothing is constrained. Raises DataError for bounds that contradict each other."""
         if length is not None:
@@ -45,7 +48,7 @@ class Constraint:
             raise DataError(f"the shortest reading allowed ({min_length}) is longer than the longest ({max_length}).")
         if allowed is not None and not allowed:
             raise DataError("the allowed characters are empty: give some, such as '0-9'.")
-        constraint = cls(min_length, max_length, allowed)
+        constraint = cls(min_length, max_length, allowed, expression)
         return None if constraint == cls() else constraint
 
     def mask(self, charset: str) -> np.ndarray | None:
@@ -73,7 +76,38 @@ class Constraint:
         unless the constraint sets a length itself."""
         if length is None or self.min_length is not None or self.max_length is not None:
             return self
-        return Constraint(length, length, self.allowed)
+        return Constraint(length, length, self.allowed, self.expression)
+
+
+def _accepts(automaton: tuple[np.ndarray, np.ndarray], label: np.ndarray) -> bool:
+    """Whether the automaton (delta, accepting) accepts the 1-based classes `label`."""
+    delta, accepting = automaton
+    state = 0
+    for c in label:
+        state = int(delta[state, c - 1])
+        if state < 0:
+            return False
+    return bool(accepting[state])
+
+
+def _restricted(automaton: tuple[np.ndarray, np.ndarray], mask: np.ndarray | None, lo: int, hi: int | None,
+                steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The automaton held to the `mask`'s classes and to lo..hi characters (a reading of `steps`
+    steps has at most that many): its product with a count, when a length is set."""
+    delta, accepting = automaton
+    if mask is not None:
+        delta = np.where(mask[None, :], delta, -1)
+    if lo == 0 and hi is None:
+        return delta, accepting
+    top = min(steps if hi is None else hi, steps)
+    counts = top + 1
+    product = np.full((len(delta) * counts, delta.shape[1]), -1, np.int64)
+    for k in range(top):  # state (q, k) is q * counts + k; the start (0, 0) stays 0
+        product[np.arange(len(delta)) * counts + k] = np.where(delta >= 0, delta * counts + k + 1, -1)
+    final = np.zeros(len(product), bool)
+    for k in range(lo, counts):
+        final[np.arange(len(delta)) * counts + k] = accepting
+    return product, final
 
 
 def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | None = None,
@@ -88,12 +122,17 @@ def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | N
     mask = rule.mask(charset)
     if head == "ctc":
         lo, hi = rule.min_length or 0, rule.max_length
+        grammar = expression_automaton(charset) if rule.expression else None
         results = []
         for probs in outputs:
             label = ctc_collapse(probs.argmax(-1))
             allowed_ok = mask is None or bool(mask[label - 1].all())
-            if not (allowed_ok and lo <= len(label) and (hi is None or len(label) <= hi)):
-                fitted = ctc_best_path(probs, lo, hi, mask)
+            if not (allowed_ok and lo <= len(label) and (hi is None or len(label) <= hi)
+                    and (grammar is None or _accepts(grammar, label))):
+                if grammar is None:
+                    fitted = ctc_best_path(probs, lo, hi, mask)
+                else:
+                    fitted = ctc_best_path_accepted(probs, *_restricted(grammar, mask, lo, hi, len(probs)))
                 label = label if fitted is None else fitted  # no path meets it: the free reading
             confidence = min(1.0, ctc_label_probability(probs.astype(np.float64), label))
             results.append(Prediction(decode_indices(label, charset), confidence))

@@ -29,6 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from caocrvfy.errors import DataError
+from caocrvfy.inference.arithmetic import answer_or_error
 from caocrvfy.inference.decoding import Constraint
 from caocrvfy.inference.predictor import PREDICT_BATCH, Predictor, bucket, jax_backend
 from caocrvfy.serving.batcher import MicroBatcher
@@ -96,6 +97,8 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         text: str
         confidence: float
         file: str | None = None
+        answer: str | None = None  # with ?solve=1: the answer of an arithmetic reading
+        error: str | None = None  # with ?solve=1: why the reading has no answer
 
     class PredictOut(BaseModel):
         predictions: list[PredictionOut]
@@ -197,7 +200,8 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         """Reads one or more captchas: multipart field `file` (repeated for a batch) or JSON
         {"images": [base64, ...]}; answers text and confidence per image, in order. Query
         parameters `length`, `min_length`, `max_length` and `allowed` hold every reading of the
-        request to a length and an alphabet (`?length=5&allowed=0-9`). The Server-Timing header
+        request to a length and an alphabet (`?length=5&allowed=0-9`); `solve=1` reads arithmetic
+        captchas as expressions and adds each one's `answer` (or an `error` saying why none). The Server-Timing header
         says where the time went (milliseconds): body, decode, queue, model, text, and the
         images of the model call as batch."""
         constraint = constraint_of_query(request.query_params, predictor)
@@ -209,8 +213,10 @@ def create_app(predictor: Predictor, limits: Limits = Limits(), warmup: bool = T
         timing["decode"] = time.perf_counter() - started
         results = await read(arrays, constraint, timing)
         response.headers["Server-Timing"] = server_timing(timing)
+        solving = constraint is not None and constraint.expression
         return {"predictions": [
             {"index": i, "text": p.text, "confidence": round(p.confidence, 6)} | ({"file": name} if name else {})
+            | (answer_or_error(p.text) if solving else {})
             for i, ((_, name, _), p) in enumerate(zip(items, results))]}
 
     @app.get("/healthz")

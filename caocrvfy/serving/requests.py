@@ -49,12 +49,14 @@ class RequestError(Exception):
         self.status = status
 
 
-CONSTRAINT_FIELDS = ("length", "min_length", "max_length", "allowed")
+CONSTRAINT_FIELDS = ("length", "min_length", "max_length", "allowed", "solve")
+_YES, _NO = ("1", "true", "yes"), ("0", "false", "no")
 
 
 def constraint_of_query(query, predictor: Predictor) -> Constraint | None:
-    """The request's `length`, `min_length`, `max_length` and `allowed` query parameters as a
-    Constraint (None without them); a 400 naming the parameter when one is wrong."""
+    """The request's `length`, `min_length`, `max_length`, `allowed` and `solve` query parameters
+    as a Constraint (None without them; `solve=1`: an arithmetic expression, its `expression`); a
+    400 naming the parameter when one is wrong."""
     unknown = sorted(set(query) - set(CONSTRAINT_FIELDS))
     if unknown:
         raise RequestError(400, f"unknown query parameter(s) {', '.join(unknown)}: /predict takes "
@@ -66,10 +68,13 @@ def constraint_of_query(query, predictor: Predictor) -> Constraint | None:
             if not text.isdigit() or len(text) > 4:
                 raise RequestError(400, f"{name} must be a whole number of characters, not {text[:20]!r}.")
             numbers[name] = int(text)
+    solve = query.get("solve", "0").lower()
+    if solve not in _YES + _NO:
+        raise RequestError(400, f"solve must be 1 or 0 (true or false), not {solve[:20]!r}.")
     try:
         allowed = parse_charset(query["allowed"]) if "allowed" in query else None
         constraint = Constraint.of(numbers.get("length"), numbers.get("min_length"), numbers.get("max_length"),
-                                   allowed)
+                                   allowed, expression=solve in _YES)
         if constraint is not None:
             predictor.check(constraint)
     except (ValueError, DataError) as exc:
