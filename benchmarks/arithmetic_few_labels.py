@@ -31,7 +31,6 @@ import argparse
 import logging
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import common
@@ -47,39 +46,23 @@ def draw(folder: Path, count: int, style: str) -> Path:
     return folder
 
 
-def answers(records: list) -> tuple[int, int]:
-    """(answers right, readings that are not expressions) of (truth, reading, confidence) records."""
-    from caocrvfy.errors import DataError
-    from caocrvfy.inference.arithmetic import solve
-
-    right, unsolved = 0, 0
-    for truth, reading, _ in records:
-        try:
-            right += solve(reading) == solve(truth)
-        except DataError:
-            unsolved += 1
-    return right, unsolved
-
-
 def score_answers(run: Path, test_dir: Path) -> dict:
     """Answers right on TEST_DIR as `evaluate --solve` counts them (the best expression read), the
-    same from the free readings, the readings that are not expressions, and the top confusions
-    (truth -> reading) of wrong readings of the right length."""
+    same from the free readings, the readings that are not expressions, and the top confusions of
+    wrong readings of the right length."""
     from caocrvfy.evaluation import read_labelled_folder
+    from caocrvfy.evaluation.scores import answers, confusions
     from caocrvfy.inference import Constraint, Predictor
 
-    reader = Predictor.load(run)
+    reader = Predictor.load(run)  # read twice: with the expression held, and free
     records, _, skipped = read_labelled_folder(reader, test_dir, constraint=Constraint.of(expression=True))
     free, _, _ = read_labelled_folder(reader, test_dir)
-    (right, unsolved), (free_right, free_unsolved) = answers(records), answers(free)
-    confusions = Counter()
-    for truth, reading, _ in records:
-        if reading != truth and len(reading) == len(truth):
-            confusions.update(f"{a}->{b}" for a, b in zip(truth, reading) if a != b)
+    (right, unsolved, _), (free_right, free_unsolved, _) = answers(records), answers(free)
     count = max(len(records), 1)
     return {"answer_accuracy": right / count, "count": len(records), "skipped": len(skipped),
             "not_expressions": unsolved, "free_answer_accuracy": free_right / count,
-            "free_not_expressions": free_unsolved, "confusions": dict(confusions.most_common(8))}
+            "free_not_expressions": free_unsolved,
+            "confusions": confusions([r for r in records if len(r[0]) == len(r[1])], top=8)}
 
 
 def main() -> int:
@@ -103,7 +86,7 @@ def main() -> int:
     rows = [r for r in args.rows.split(",") if r]
     if unknown := sorted(set(rows) - set(ROWS)):
         p.error(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
-    if args.init is not None and args.init.exists() is False:
+    if args.init is not None and not args.init.exists():
         p.error(f"--init {args.init} does not exist: give a trained run folder or drop --init to pretrain one")
     work = common.work_folder(args.work, "arithmetic-")
     labelled = draw(work / f"labelled-{args.labels}", args.labels, args.style)
@@ -134,9 +117,10 @@ def main() -> int:
                 results["rows"].append(result)
                 continue
         result |= score_answers(Path(result["run"]), test)
+        top = ", ".join(f"{c['truth']}->{c['prediction']} {c['count']}" for c in result["confusions"])
         print(f"[{row}] answers right {result['answer_accuracy']:.4f} of {result['count']} (free readings "
-              f"{result['free_answer_accuracy']:.4f}); {result['not_expressions']} not expressions; "
-              f"{result['confusions']}", flush=True)
+              f"{result['free_answer_accuracy']:.4f}); {result['not_expressions']} not expressions; {top}",
+              flush=True)
         results["rows"].append(result)
     common.write_result("arithmetic-few-labels", results, args.results_dir)
     return 0

@@ -167,22 +167,13 @@ def _evaluate_answers(reader, args) -> int:
     is the expression or the answer itself)."""
     from caocrvfy.errors import DataError
     from caocrvfy.evaluation.labelled import read_labelled_folder
-    from caocrvfy.inference.arithmetic import solve
+    from caocrvfy.evaluation.scores import answers
 
     records, paths, skipped = read_labelled_folder(reader, args.data, ignore_case=args.ignore_case,
                                                    constraint=constraint_of(args, reader))
-    right, unsolved, scored = 0, 0, 0
-    for (truth, reading, _), path in zip(records, paths):
-        try:
-            wanted = solve(truth)
-        except DataError as exc:
-            skipped.append((path.name, f"the label {exc}: neither an expression nor an answer"))
-            continue
-        scored += 1
-        try:
-            right += solve(reading) == wanted
-        except DataError:
-            unsolved += 1
+    right, unsolved, bad_labels = answers(records)
+    skipped += [(paths[i].name, f"the label {why}: neither an expression nor an answer") for i, why in bad_labels]
+    scored = len(records) - len(bad_labels)
     for name, reason in skipped:
         log.warning(f"skipped {name}: {reason}")
     if not scored:

@@ -124,3 +124,13 @@ def test_the_expression_automaton_accepts_what_solve_answers_with_an_operator():
             except ExpressionError:
                 answered = False
             assert (state >= 0 and bool(accepting[state])) == answered, text
+
+
+def test_answers_count_right_answers_unparsed_readings_and_bad_truths():
+    from caocrvfy.evaluation.scores import answers
+
+    records = [("14+27=?", "41", 0.9), ("3x4", "2x6=?", 0.9), ("3x4", "3+4", 0.9), ("5+5", "5+", 0.9),
+               ("a+b", "1+1", 0.9)]
+    right, unsolved, bad = answers(records)
+    assert (right, unsolved) == (2, 1)
+    assert [i for i, _ in bad] == [4] and "a+b" in bad[0][1]

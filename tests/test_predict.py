@@ -328,7 +328,7 @@ def test_constrained_best_path_matches_brute_force(low, high, allowed):
 ])
 def test_the_best_expression_path_matches_brute_force(low, high, allowed, seed):
     from caocrvfy.inference.arithmetic import ExpressionError, expression_automaton, solve
-    from caocrvfy.inference.decoding import _restricted
+    from caocrvfy.inference.decoding import restricted_automaton
 
     charset = "1+=?"
     rng = np.random.default_rng(seed)
@@ -347,7 +347,7 @@ def test_the_best_expression_path_matches_brute_force(low, high, allowed, seed):
         return True
 
     expected = brute_force_best(probs, keep)
-    found = ctc_best_path_accepted(probs, *_restricted(expression_automaton(charset), mask, low, high, len(probs)))
+    found = ctc_best_path_accepted(probs, *restricted_automaton(expression_automaton(charset), mask, low, high, len(probs)))
     assert (None if found is None else list(found)) == expected
 
 

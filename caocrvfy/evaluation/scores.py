@@ -14,6 +14,7 @@ from typing import Sequence
 
 from caocrvfy.data.charset import fold_case
 from caocrvfy.errors import DataError
+from caocrvfy.inference.arithmetic import solve
 
 Record = tuple[str, str, float]  # truth, prediction, confidence
 
@@ -121,6 +122,24 @@ def confusions(records: Sequence[Record], top: int | None = None) -> list[dict]:
     counts = Counter((a, b) for t, p, _ in records for a, b in aligned_pairs(t, p) if a != b)
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0] or "", kv[0][1] or ""))
     return [{"truth": a, "prediction": b, "count": n} for (a, b), n in ordered[:top]]
+
+
+def answers(records: Sequence[Record]) -> tuple[int, int, list[tuple[int, str]]]:
+    """Arithmetic captchas (`evaluate --solve`): (readings whose answer is the truth's answer,
+    readings that are not expressions, [(index, why)] of the records whose truth is neither an
+    expression nor an answer: left out of both counts)."""
+    right, unsolved, bad_truths = 0, 0, []
+    for i, (truth, reading, _) in enumerate(records):
+        try:
+            wanted = solve(truth)
+        except DataError as exc:
+            bad_truths.append((i, str(exc)))
+            continue
+        try:
+            right += solve(reading) == wanted
+        except DataError:
+            unsolved += 1
+    return right, unsolved, bad_truths
 
 
 # ---------------------------------------------------------------- confidence

@@ -90,7 +90,7 @@ def _accepts(automaton: tuple[np.ndarray, np.ndarray], label: np.ndarray) -> boo
     return bool(accepting[state])
 
 
-def _restricted(automaton: tuple[np.ndarray, np.ndarray], mask: np.ndarray | None, lo: int, hi: int | None,
+def restricted_automaton(automaton: tuple[np.ndarray, np.ndarray], mask: np.ndarray | None, lo: int, hi: int | None,
                 steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The automaton held to the `mask`'s classes and to lo..hi characters (a reading of `steps`
     steps has at most that many): its product with a count, when a length is set."""
@@ -132,7 +132,7 @@ def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | N
                 if grammar is None:
                     fitted = ctc_best_path(probs, lo, hi, mask)
                 else:
-                    fitted = ctc_best_path_accepted(probs, *_restricted(grammar, mask, lo, hi, len(probs)))
+                    fitted = ctc_best_path_accepted(probs, *restricted_automaton(grammar, mask, lo, hi, len(probs)))
                 label = label if fitted is None else fitted  # no path meets it: the free reading
             confidence = min(1.0, ctc_label_probability(probs.astype(np.float64), label))
             results.append(Prediction(decode_indices(label, charset), confidence))
