@@ -78,6 +78,26 @@ def trained_run(trained_config) -> Path:
     return train(trained_config)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def eager_steps(request):
+    """In a module marked `eager_steps`, Keras's training and evaluation steps run eagerly.
+
+    Tracing a tiny model's steps takes most of a tiny training (about 8 of 11 s here); those
+    modules test what a training writes, logs and resumes, not the compiled step. The compiled
+    step stays tested: test_model.py's steps, and every training in a subprocess.
+    """
+    if request.node.get_closest_marker("eager_steps") is None:
+        yield
+        return
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
 def pytest_configure(config):
     # Keras converts tensors with np.array(x, copy=False) internally; NumPy 2 warns on every call.
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
+    # eager_steps: tf.data's map functions stay traced, as they should.
+    config.addinivalue_line("filterwarnings", "ignore:Even though the `tf.config.experimental_run_functions_eagerly`")

@@ -13,6 +13,8 @@ import pytest
 from caocrvfy.cli import main as cli_main
 from caocrvfy.inference.arithmetic import ExpressionError, expression_automaton, solve, solve_exact
 
+pytestmark = pytest.mark.eager_steps
+
 
 @pytest.mark.parametrize("text, answer", [
     ("14+27=?", "41"), ("14+27=", "41"), ("14+27?", "41"), (" 5 + 5 = ? ", "10"), ("3x4", "12"), ("3X4", "12"),

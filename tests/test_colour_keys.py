@@ -26,6 +26,8 @@ from caocrvfy.model_config import ModelConfig
 from caocrvfy.train import main as train_main
 from caocrvfy.training.config import config_from_args
 
+pytestmark = pytest.mark.eager_steps
+
 RED, DARK_RED, LIGHT_RED, BLUE, WHITE, GREY = (230, 20, 20), (110, 0, 0), (255, 140, 140), (20, 40, 220), \
     (255, 255, 255), (128, 128, 128)
 NAME = re.compile(r"^(?P<label>[0-9]{3})_(?P<index>\d+)\.png$")

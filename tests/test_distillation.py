@@ -13,6 +13,8 @@ from caocrvfy.training import train
 from caocrvfy.training.config import config_from_args
 from caocrvfy.training.distillation import attach_teacher, check_teacher, distillation_loss, softened
 
+pytestmark = pytest.mark.eager_steps
+
 
 def _probs(rng, batch=3, steps=5, classes=4):
     logits = rng.normal(size=(batch, steps, classes)) * 3

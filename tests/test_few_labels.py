@@ -22,6 +22,8 @@ from caocrvfy.training import train
 from caocrvfy.training.pseudo_labels import LABELLED_SHARE, MIN_CONFIDENCE, LabelPool, threshold
 from caocrvfy.training.warm_start import chosen_init, transfer_weights
 
+pytestmark = pytest.mark.eager_steps
+
 BASE_CHARSET = "".join(sorted(set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+-=?")))
 
 

@@ -29,6 +29,8 @@ from caocrvfy.training import callbacks as cb
 from caocrvfy.training import interrupts, trainer
 from caocrvfy.training.config import config_from_args
 
+pytestmark = pytest.mark.eager_steps
+
 STEPS = 2  # optimizer steps per epoch: 32 training captchas in batches of 16
 TEMPORARY = ("checkpoint.partial", "checkpoint.old", "model-partial.keras")
 
@@ -437,27 +439,29 @@ def kill_while_saving(process: subprocess.Popen, run: Path, log: Path, after_epo
 
 
 SAVE_SECONDS = 0.16  # measured: writing the checkpoint and the best model takes about this long here
-KILLS_PER_ROUND = 3
+KILLS = 4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("round_", range(2))  # 6 kills at random points of a save
-def test_sigkill_while_saving_then_resume_continues(round_, tmp_path, filled_cache):
-    rng = random.Random(round_)
+def test_sigkill_while_saving_then_resume_continues(tmp_path, filled_cache):
+    # One kill in each quarter of a save, at a random point of it (each training process costs
+    # seconds to start, so the kills are spread rather than many).
+    rng = random.Random(0)
     run, log = tmp_path / "run", tmp_path / "train.log"
     process = start_training([*tiny_args(filled_cache), "--epochs", "100", "--out", str(run)], log)
     where, epoch = [], 0
-    for _ in range(KILLS_PER_ROUND):
-        where.append(kill_while_saving(process, run, log, epoch, rng.uniform(0, SAVE_SECONDS)))
+    for quarter in range(KILLS):
+        delay = (quarter + rng.random()) / KILLS * SAVE_SECONDS
+        where.append(kill_while_saving(process, run, log, epoch, delay))
         assert process.returncode == -signal.SIGKILL
         epoch = assert_whole(run)["epoch"]
         log.write_text("")
-        process = start_training(["--resume", str(run), "--epochs", "100" if len(where) < KILLS_PER_ROUND
+        process = start_training(["--resume", str(run), "--epochs", "100" if len(where) < KILLS
                                   else str(epoch + 2)], log)
         wait_for(lambda line=f"resuming after epoch {epoch} ": line in log.read_text(), process, log, poll=0.05)
     assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
     assert_finished(run, epoch + 2)
-    print(f"SIGKILL round {round_}: {where}")
+    print(f"SIGKILL at {where}")
 
 
 @pytest.mark.slow

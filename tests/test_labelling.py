@@ -26,6 +26,8 @@ from caocrvfy.labelling.store import STATE_DIR, LabelError, LabelStore, check_la
 from caocrvfy.labelling.suggestions import latest_model, runs_of  # noqa: E402
 from caocrvfy.locations import base_model  # noqa: E402
 
+pytestmark = pytest.mark.eager_steps
+
 
 @pytest.fixture
 def folder(site_folder) -> Path:

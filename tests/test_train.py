@@ -24,6 +24,8 @@ from caocrvfy.training.config import TrainConfig, config_from_args
 from caocrvfy.training.trainer import train
 from caocrvfy.training.warm_start import transfer_weights
 
+pytestmark = pytest.mark.eager_steps
+
 REPO = Path(caocrvfy.__file__).resolve().parent.parent
 
 
@@ -502,11 +504,10 @@ def _console_script() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["script path", "module", "console script", "start_focal_training"])
+@pytest.mark.parametrize("how", ["script path", "console script", "start_focal_training"])  # -m: test_interrupted
 def test_train_help(how, tmp_path):
     command = {
         "script path": lambda: [sys.executable, str(REPO / "caocrvfy" / "train.py"), "--help"],
-        "module": lambda: [sys.executable, "-m", "caocrvfy.train", "--help"],
         "console script": lambda: [_console_script(), "train", "--help"],
         "start_focal_training": lambda: [sys.executable, str(REPO / "start_focal_training.py"), "--help"],
     }[how]()
