@@ -123,6 +123,8 @@ def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | N
     if head == "ctc":
         lo, hi = rule.min_length or 0, rule.max_length
         grammar = expression_automaton(charset) if rule.expression else None
+        # Every reading of the batch has the same steps: one restricted automaton serves them all.
+        held = restricted_automaton(grammar, mask, lo, hi, outputs.shape[1]) if grammar is not None else None
         results = []
         for probs in outputs:
             label = ctc_collapse(probs.argmax(-1))
@@ -132,7 +134,7 @@ def decode_outputs(outputs: np.ndarray, head: str, charset: str, length: int | N
                 if grammar is None:
                     fitted = ctc_best_path(probs, lo, hi, mask)
                 else:
-                    fitted = ctc_best_path_accepted(probs, *restricted_automaton(grammar, mask, lo, hi, len(probs)))
+                    fitted = ctc_best_path_accepted(probs, *held)
                 label = label if fitted is None else fitted  # no path meets it: the free reading
             confidence = min(1.0, ctc_label_probability(probs.astype(np.float64), label))
             results.append(Prediction(decode_indices(label, charset), confidence))
